@@ -1,0 +1,233 @@
+"""waflow-admin: put and list Meta apps and tenants on tenants.v1, issue API keys, create topics.
+
+    waflow-admin topics create
+    waflow-admin app put FILE            FILE: {"app_id", "name", "app_secret", "verify_token"}
+    waflow-admin app list
+    waflow-admin tenant put FILE         FILE: {"tenant_id", "name", "app_id", "phone_numbers": [...],
+                                                "access_token", "api_keys"?: [plain keys], ...}
+    waflow-admin tenant list
+    waflow-admin tenant key add TENANT_ID [--label L]
+    waflow-admin keygen                  print a new WAFLOW_SECRETS_KEY
+
+Secrets are sealed before they are published and are never printed. A new tenant without api_keys gets one,
+printed once; only its SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from waflow_common.events.tenants import (
+    ApiKeyRecord,
+    AppRecord,
+    AppUpsertedEvent,
+    PhoneNumber,
+    TenantRecord,
+    TenantUpsertedEvent,
+)
+from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
+from waflow_common.secrets import SecretBox, generate_key, hash_api_key, new_api_key
+from waflow_common.settings import CommonSettings
+from waflow_common.tenants import TenantRegistry, app_secret_context, tenant_secret_context
+
+
+class AppFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    app_id: str = Field(min_length=1)
+    name: str
+    app_secret: str = Field(min_length=8)
+    verify_token: str = Field(min_length=8)
+
+
+class TenantFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant_id: str
+    name: str
+    app_id: str
+    phone_numbers: list[PhoneNumber] = Field(min_length=1)
+    access_token: str = Field(min_length=8)
+    api_keys: list[str] = Field(default_factory=list, description="plain keys to accept (hashed before storing)")
+    window_closing_lead_minutes: int = 60
+
+
+class AdminError(Exception):
+    pass
+
+
+class Admin:
+    """The operations behind the command line, usable from tests and `make run` as a library."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.settings = settings
+        self.box = SecretBox(settings.waflow_secrets_key.get_secret_value())
+        self._broker: KafkaBroker = make_broker(settings, client_id="waflow-admin")
+        self.publisher = EventPublisher(self._broker, settings)
+        self.registry = TenantRegistry(settings, self.box)
+
+    async def __aenter__(self) -> Admin:
+        await self._broker.start()
+        try:
+            await self.registry.start()
+        except BaseException:
+            await self._broker.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.registry.stop()
+        await self._broker.stop()
+
+    async def put_app(self, spec: AppFile) -> AppRecord:
+        record = AppRecord(
+            app_id=spec.app_id,
+            name=spec.name,
+            app_secret=self.box.seal(spec.app_secret, context=app_secret_context(spec.app_id, "app_secret")),
+            verify_token=self.box.seal(spec.verify_token, context=app_secret_context(spec.app_id, "verify_token")),
+        )
+        await self.publisher.publish(AppUpsertedEvent.new(tenant_id=None, payload=record))
+        return record
+
+    async def put_tenant(self, spec: TenantFile) -> tuple[TenantRecord, str | None]:
+        """Upserts a tenant, keeping its existing API keys; returns the record and a new key if one was made."""
+        if self.registry.app(spec.app_id) is None:
+            raise AdminError(f"app {spec.app_id} does not exist: put it first")
+        for number in spec.phone_numbers:
+            owner = self.registry.tenant_for_number(number.phone_number_id)
+            if owner is not None and owner.tenant_id != spec.tenant_id:
+                raise AdminError(f"phone number {number.phone_number_id} belongs to tenant {owner.tenant_id}")
+        existing = self.registry.tenant(spec.tenant_id)
+        keys = list(existing.record.api_keys) if existing else []
+        known = {k.sha256 for k in keys}
+        now = datetime.now(UTC)
+        for plain in spec.api_keys:
+            if hash_api_key(plain) not in known:
+                keys.append(_key_record(plain, "from file", now))
+                known.add(hash_api_key(plain))
+        issued: str | None = None
+        if not keys:
+            issued = new_api_key()
+            keys.append(_key_record(issued, "initial", now))
+        record = TenantRecord(
+            tenant_id=spec.tenant_id,
+            name=spec.name,
+            app_id=spec.app_id,
+            phone_numbers=spec.phone_numbers,
+            access_token=self.box.seal(
+                spec.access_token, context=tenant_secret_context(spec.tenant_id, "access_token")
+            ),
+            api_keys=keys,
+            window_closing_lead_minutes=spec.window_closing_lead_minutes,
+        )
+        await self.publisher.publish(TenantUpsertedEvent.new(tenant_id=spec.tenant_id, payload=record))
+        return record, issued
+
+    async def add_key(self, tenant_id: str, label: str) -> str:
+        tenant = self.registry.tenant(tenant_id)
+        if tenant is None:
+            raise AdminError(f"tenant {tenant_id} does not exist")
+        issued = new_api_key()
+        record = tenant.record.model_copy(
+            update={"api_keys": [*tenant.record.api_keys, _key_record(issued, label, datetime.now(UTC))]}
+        )
+        await self.publisher.publish(TenantUpsertedEvent.new(tenant_id=tenant_id, payload=record))
+        return issued
+
+
+def _key_record(plain: str, label: str, now: datetime) -> ApiKeyRecord:
+    return ApiKeyRecord(key_id=uuid.uuid4().hex[:12], sha256=hash_api_key(plain), label=label, created_at=now)
+
+
+def _load(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdminError(f"cannot read {path}: {exc}") from exc
+
+
+def _tenant_summary(record: TenantRecord) -> dict[str, Any]:
+    return {
+        "tenant_id": record.tenant_id,
+        "name": record.name,
+        "app_id": record.app_id,
+        "waba_ids": record.waba_ids,
+        "phone_numbers": [n.model_dump() for n in record.phone_numbers],
+        "api_keys": [{"key_id": k.key_id, "label": k.label} for k in record.api_keys],
+    }
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    if args.area == "keygen":
+        print(generate_key())
+        return 0
+    if args.area == "topics":
+        created = await ensure_topics(settings)
+        print(json.dumps({"created": created}))
+        return 0
+    async with Admin(settings) as admin:
+        if args.area == "app" and args.action == "put":
+            app = await admin.put_app(AppFile.model_validate(_load(args.file)))
+            print(json.dumps({"app_id": app.app_id, "name": app.name}))
+        elif args.area == "app":
+            print(json.dumps([{"app_id": a.app_id, "name": a.name} for a in admin.registry.apps()], indent=2))
+        elif args.area == "tenant" and args.action == "put":
+            record, issued = await admin.put_tenant(TenantFile.model_validate(_load(args.file)))
+            out = _tenant_summary(record)
+            if issued:
+                out["new_api_key"] = issued
+                out["note"] = "store this key now: it is shown once and kept only as a hash"
+            print(json.dumps(out, indent=2))
+        elif args.area == "tenant" and args.action == "list":
+            print(json.dumps([_tenant_summary(t.record) for t in admin.registry.tenants()], indent=2))
+        elif args.area == "tenant" and args.action == "key":
+            print(
+                json.dumps(
+                    {
+                        "tenant_id": args.tenant_id,
+                        "new_api_key": await admin.add_key(args.tenant_id, args.label),
+                    }
+                )
+            )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="waflow-admin", description="Manage waflow apps, tenants and topics.")
+    areas = parser.add_subparsers(dest="area", required=True)
+    areas.add_parser("keygen", help="print a new WAFLOW_SECRETS_KEY")
+    topics_p = areas.add_parser("topics", help="create the contract's topics")
+    topics_p.add_subparsers(dest="action", required=True).add_parser("create")
+    for area in ("app", "tenant"):
+        sub = areas.add_parser(area).add_subparsers(dest="action", required=True)
+        sub.add_parser("put").add_argument("file")
+        sub.add_parser("list")
+        if area == "tenant":
+            key = sub.add_parser("key").add_subparsers(dest="key_action", required=True).add_parser("add")
+            key.add_argument("tenant_id")
+            key.add_argument("--label", default="")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except ValidationError as exc:
+        print(f"waflow-admin: invalid file: {exc}", file=sys.stderr)
+    except AdminError as exc:
+        print(f"waflow-admin: {exc}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

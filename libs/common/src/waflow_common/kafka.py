@@ -1,0 +1,245 @@
+"""Kafka wiring on FastStream: the producer, consumers that commit after their effect, dead letters, topics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import TypeAdapter, ValidationError
+from pymongo.errors import ConnectionFailure
+
+from waflow_common import topics
+from waflow_common.events.dead_letter import DeadLetter
+from waflow_common.events.envelope import Envelope
+from waflow_common.logs import log_context
+from waflow_common.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+# Failures of the infrastructure itself: the record is fine, so it is retried (never dead-lettered) until the
+# infrastructure answers again. Anything else is the record's or the code's fault and is dead-lettered.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionFailure,
+    KafkaError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+class PublishError(RuntimeError):
+    """Kafka did not acknowledge a record in time."""
+
+
+def make_broker(settings: CommonSettings, *, client_id: str) -> KafkaBroker:
+    """A broker whose producer waits for all in-sync replicas and never writes a record twice."""
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        request_timeout_ms=int(settings.kafka_publish_timeout_seconds * 1000),
+        logger=None,
+    )
+
+
+class EventPublisher:
+    """Publishes envelopes to their topics (with the topic prefix of this deployment)."""
+
+    def __init__(self, broker: KafkaBroker, settings: CommonSettings) -> None:
+        self._broker = broker
+        self._settings = settings
+
+    async def publish(self, event: Envelope[Any]) -> None:
+        await self.publish_many([event])
+
+    async def publish_many(self, events: Sequence[Envelope[Any]]) -> None:
+        """Returns once Kafka acknowledged every record; raises PublishError otherwise."""
+        if not events:
+            return
+        sends = [
+            self._broker.publish(
+                event.to_json(),
+                self._settings.topic(type(event).topic),
+                key=event.key().encode(),
+                headers=event.headers(),
+                correlation_id=event.correlation_id,
+            )
+            for event in events
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*sends), timeout=self._settings.kafka_publish_timeout_seconds)
+        except (TimeoutError, KafkaError) as exc:
+            raise PublishError(f"Kafka did not acknowledge {len(events)} record(s): {exc!r}") from exc
+
+    async def publish_raw(self, topic: str, value: bytes, *, key: bytes | None, headers: dict[str, str]) -> None:
+        try:
+            await asyncio.wait_for(
+                self._broker.publish(value, self._settings.topic(topic), key=key, headers=headers),
+                timeout=self._settings.kafka_publish_timeout_seconds,
+            )
+        except (TimeoutError, KafkaError) as exc:
+            raise PublishError(f"Kafka did not acknowledge a record for {topic}: {exc!r}") from exc
+
+
+class Consumer:
+    """Registers subscribers that parse with a pydantic adapter, run a handler, and commit only afterwards.
+
+    - a record that does not parse goes to `<topic>.dlq` at once, with the validation errors;
+    - a handler that fails for an infrastructure reason (MongoDB or Kafka unreachable) is retried until it
+      succeeds, so nothing is dead-lettered because a server restarted;
+    - a handler that fails otherwise is retried `attempts` times, then dead-lettered with the error;
+    and the consumer goes on with the next record. Offsets move only after one of these outcomes is stored.
+    """
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        settings: CommonSettings,
+        *,
+        group_id: str,
+        attempts: int = 3,
+        retry_delay_seconds: float = 0.2,
+    ) -> None:
+        self._broker = broker
+        self._settings = settings
+        self._publisher = EventPublisher(broker, settings)
+        self.group_id = group_id
+        self._attempts = attempts
+        self._retry_delay = retry_delay_seconds
+
+    def subscribe(
+        self,
+        topic: str,
+        adapter: TypeAdapter[E],
+        handler: Callable[[E], Awaitable[None]],
+        **subscriber_options: Any,
+    ) -> None:
+        full_topic = self._settings.topic(topic)
+
+        async def consume(message: KafkaMessage) -> None:
+            await self._consume(topic, message, adapter, handler)
+
+        consume.__name__ = f"{self.group_id}_{topic.replace('.', '_')}"
+        self._broker.subscriber(
+            full_topic,
+            group_id=self.group_id,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            **subscriber_options,
+        )(consume)
+
+    async def _consume(
+        self,
+        topic: str,
+        message: Any,
+        adapter: TypeAdapter[E],
+        handler: Callable[[E], Awaitable[None]],
+    ) -> None:
+        body: bytes = message.body
+        try:
+            event = adapter.validate_json(body)
+        except ValidationError as exc:
+            await self._dead_letter(topic, message, f"invalid event: {exc}", type(exc).__name__, attempts=1)
+            return
+        tenant_id = getattr(event, "tenant_id", None)
+        correlation_id = getattr(event, "correlation_id", None)
+        with log_context(tenant_id=tenant_id, correlation_id=correlation_id):
+            failures = 0
+            while True:
+                try:
+                    await handler(event)
+                    return
+                except TRANSIENT_ERRORS as exc:
+                    log.warning("transient failure, retrying", extra={"topic": topic, "error": repr(exc)})
+                    await asyncio.sleep(min(5.0, self._retry_delay * 2 ** min(failures, 5)))
+                except Exception as exc:
+                    failures += 1
+                    log.warning("handler failed", extra={"topic": topic, "attempt": failures, "error": repr(exc)})
+                    if failures >= self._attempts:
+                        await self._dead_letter(topic, message, repr(exc), type(exc).__name__, failures)
+                        return
+                    await asyncio.sleep(self._retry_delay)
+
+    async def _dead_letter(self, topic: str, message: Any, error: str, error_type: str, attempts: int) -> None:
+        record = message.raw_message
+        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        letter = DeadLetter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=key,
+            value=bytes(message.body).decode("utf-8", "replace"),
+            headers=headers,
+            error=error[:8000],
+            error_type=error_type,
+            consumer=self.group_id,
+            attempts=attempts,
+            failed_at=datetime.now(UTC),
+        )
+        log.error(
+            "dead-lettered a record",
+            extra={
+                "topic": topic,
+                "offset": record.offset,
+                "partition": record.partition,
+                "error": error[:500],
+            },
+        )
+        await self._publisher.publish_raw(
+            topics.dlq(topic),
+            letter.model_dump_json().encode(),
+            key=record.key,
+            headers=headers | {"dlq_error_type": error_type, "dlq_consumer": self.group_id},
+        )
+
+
+async def ensure_topics(settings: CommonSettings, specs: Sequence[topics.TopicSpec] | None = None) -> list[str]:
+    """Creates the contract's topics (and their .dlq topics) if missing; returns the names it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name=settings.topic(spec.name),
+                num_partitions=spec.partitions,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for spec in (specs or topics.all_topics())
+            if settings.topic(spec.name) not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+            created = [t.name for t in new]
+    finally:
+        await admin.close()
+    return created
+
+
+async def kafka_reachable(settings: CommonSettings, timeout: float = 2.0) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=2000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.list_topics(), timeout)
+    except Exception:
+        return False
+    else:
+        return True
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""Test support shared by every waflow package: real infrastructure fixtures and helpers."""

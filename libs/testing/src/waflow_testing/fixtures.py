@@ -1,0 +1,285 @@
+"""Test fixtures shared by every package: the real Kafka and MongoDB-protocol server, a unique namespace per
+run, tenants on tenants.v1, and serving an app over real HTTP.
+
+Where the servers come from, in order: WAFLOW_TEST_KAFKA_BOOTSTRAP / WAFLOW_TEST_MONGODB_URI, then
+testcontainers if a Docker engine answers, then local processes started once per run by deploy/local/infra.sh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import pytest_asyncio
+import uvicorn
+from aiokafka import AIOKafkaConsumer
+from waflow_common.admin import Admin, AppFile, TenantFile
+from waflow_common.events.tenants import PhoneNumber
+from waflow_common.kafka import ensure_topics
+from waflow_common.secrets import generate_key
+from waflow_common.settings import CommonSettings
+
+REPO = Path(__file__).resolve().parents[4]
+FIXTURES = REPO / "tests" / "fixtures"
+INFRA = REPO / "deploy" / "local" / "infra.sh"
+
+
+@dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap: str
+    mongodb_uri: str
+    # Set when this run started the broker itself, so fault tests may stop and restart it.
+    local_data_dir: Path | None = None
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+def _local_env(data_dir: Path) -> dict[str, str]:
+    return os.environ | {
+        "WAFLOW_DATA": str(data_dir),
+        "KAFKA_PORT": os.environ.get("WAFLOW_TEST_KAFKA_PORT", "19092"),
+        "KAFKA_CONTROLLER_PORT": os.environ.get("WAFLOW_TEST_KAFKA_CONTROLLER_PORT", "19093"),
+        "MONGO_PORT": os.environ.get("WAFLOW_TEST_MONGO_PORT", "37017"),
+    }
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    kafka = os.environ.get("WAFLOW_TEST_KAFKA_BOOTSTRAP")
+    mongo = os.environ.get("WAFLOW_TEST_MONGODB_URI")
+    if kafka and mongo:
+        yield Infra(kafka, mongo)
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.mongodb import MongoDbContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as k, MongoDbContainer("mongo:7") as m:
+            yield Infra(k.get_bootstrap_server(), m.get_connection_url())
+        return
+    data_dir = REPO / ".data" / "test"
+    env = _local_env(data_dir)
+    subprocess.run(["bash", str(INFRA), "wipe"], env=env, check=True)
+    subprocess.run(["bash", str(INFRA), "start"], env=env, check=True)
+    try:
+        yield Infra(
+            f"127.0.0.1:{env['KAFKA_PORT']}", f"mongodb://127.0.0.1:{env['MONGO_PORT']}", local_data_dir=data_dir
+        )
+    finally:
+        subprocess.run(["bash", str(INFRA), "stop"], env=env, check=False)
+
+
+def local_infra(action: str, what: str, infra: Infra) -> None:
+    """Stops or starts a locally started server (fault tests)."""
+    assert infra.local_data_dir is not None
+    subprocess.run(["bash", str(INFRA), action, what], env=_local_env(infra.local_data_dir), check=True)
+
+
+@pytest.fixture(scope="session")
+def secrets_key() -> str:
+    return generate_key()
+
+
+@pytest.fixture(scope="session")
+def settings_env(infra: Infra, secrets_key: str) -> dict[str, str]:
+    """Environment for processes of this run: a unique topic and database prefix keeps runs apart."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "MONGODB_URI": infra.mongodb_uri,
+        "WAFLOW_SECRETS_KEY": secrets_key,
+        "WAFLOW_TOPIC_PREFIX": f"t{run}.",
+        "WAFLOW_DB_PREFIX": f"t{run}_",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(settings_env: dict[str, str]) -> CommonSettings:
+    return settings_for(CommonSettings, settings_env)
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def settings_for(cls: type[S], settings_env: dict[str, str], **overrides: Any) -> S:
+    """A service's settings for this run (its own subclass), ignoring the developer's environment."""
+    return cls.model_validate({k.lower(): v for k, v in settings_env.items()} | overrides)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def topics_ready(settings: CommonSettings) -> CommonSettings:
+    await ensure_topics(settings)
+    return settings
+
+
+@dataclass(frozen=True)
+class SeededTenant:
+    tenant_id: str
+    api_key: str
+    app_id: str
+    app_secret: str
+    verify_token: str
+    phone_number_id: str
+    waba_id: str
+    display_phone_number: str
+    access_token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+# The numbers of tenants A and B in tests/fixtures/whatsapp (see its README).
+TENANT_A = SeededTenant(
+    "tenant-a",
+    "wf_test_key_a",
+    "700100200300",
+    "app-secret-for-tests",
+    "verify-token-for-tests",
+    "118273645501928",
+    "104882910347561",
+    "15550001234",
+    "access-token-tenant-a",
+)
+TENANT_B = SeededTenant(
+    "tenant-b",
+    "wf_test_key_b",
+    "700100200300",
+    "app-secret-for-tests",
+    "verify-token-for-tests",
+    "118273645577310",
+    "104882910399902",
+    "15550009876",
+    "access-token-tenant-b",
+)
+
+
+async def put_test_tenant(admin: Admin, tenant: SeededTenant, **overrides: Any) -> None:
+    await admin.put_tenant(
+        TenantFile(
+            tenant_id=tenant.tenant_id,
+            name=f"{tenant.tenant_id} test business",
+            app_id=tenant.app_id,
+            phone_numbers=[
+                PhoneNumber(
+                    phone_number_id=tenant.phone_number_id,
+                    waba_id=tenant.waba_id,
+                    display_phone_number=tenant.display_phone_number,
+                    rate_per_second=overrides.pop("rate_per_second", 80),
+                )
+            ],
+            access_token=tenant.access_token,
+            api_keys=[tenant.api_key],
+            **overrides,
+        )
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def admin(topics_ready: CommonSettings) -> AsyncIterator[Admin]:
+    async with Admin(topics_ready) as admin:
+        yield admin
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def tenants(admin: Admin) -> tuple[SeededTenant, SeededTenant]:
+    """Tenants A and B, both on one Meta app (the Tech Provider model)."""
+    await admin.put_app(
+        AppFile(
+            app_id=TENANT_A.app_id,
+            name="test app",
+            app_secret=TENANT_A.app_secret,
+            verify_token=TENANT_A.verify_token,
+        )
+    )
+    for _ in range(100):  # the admin's own registry follows the topic; wait until it sees the app
+        if admin.registry.app(TENANT_A.app_id):
+            break
+        await asyncio.sleep(0.05)
+    await put_test_tenant(admin, TENANT_A)
+    await put_test_tenant(admin, TENANT_B)
+    return TENANT_A, TENANT_B
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, port: int | None = None) -> AsyncIterator[str]:
+    """Serves an ASGI app over real HTTP on loopback inside the test's event loop; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(400):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during start-up")
+        await asyncio.sleep(0.025)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def fixture_json(name: str) -> Any:
+    return json.loads((FIXTURES / "whatsapp" / name).read_text())
+
+
+class TopicReader:
+    """Reads a topic from its current end, so a test sees only what it caused."""
+
+    def __init__(self, settings: CommonSettings, topic: str) -> None:
+        self.topic = settings.topic(topic)
+        self.consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=f"test-{uuid.uuid4().hex}",
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+        )
+
+    async def __aenter__(self) -> TopicReader:
+        await self.consumer.start()
+        while not self.consumer.assignment():
+            await asyncio.sleep(0.05)
+        for tp in self.consumer.assignment():
+            await self.consumer.seek_to_end(tp)
+            await self.consumer.position(tp)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def read(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < count and asyncio.get_running_loop().time() < deadline:
+            batches = await self.consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                out.extend(json.loads(r.value) for r in records)
+        return out

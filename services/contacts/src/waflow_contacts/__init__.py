@@ -1,0 +1,1 @@
+"""waflow package."""
