@@ -14,7 +14,7 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 import pytest_asyncio
 import uvicorn
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from waflow_common.admin import Admin, AppFile, TenantFile
 from waflow_common.events.tenants import PhoneNumber
 from waflow_common.kafka import ensure_topics
@@ -253,33 +253,56 @@ def fixture_json(name: str) -> Any:
 class TopicReader:
     """Reads a topic from its current end, so a test sees only what it caused."""
 
-    def __init__(self, settings: CommonSettings, topic: str) -> None:
+    def __init__(self, settings: CommonSettings, topic: str, *, from_beginning: bool = False) -> None:
         self.topic = settings.topic(topic)
+        self.from_beginning = from_beginning
+        # No consumer group: joining one costs seconds per reader; partitions are assigned directly.
         self.consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=f"test-{uuid.uuid4().hex}",
-            auto_offset_reset="latest",
-            enable_auto_commit=False,
+            bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
         )
 
     async def __aenter__(self) -> TopicReader:
         await self.consumer.start()
-        while not self.consumer.assignment():
-            await asyncio.sleep(0.05)
-        for tp in self.consumer.assignment():
-            await self.consumer.seek_to_end(tp)
+        cluster = await self.consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(self.topic, p) for p in cluster.partitions_for_topic(self.topic) or ()]
+        assert partitions, f"topic {self.topic} does not exist"
+        self.consumer.assign(partitions)
+        if self.from_beginning:
+            await self.consumer.seek_to_beginning(*partitions)
+        else:
+            await self.consumer.seek_to_end(*partitions)
+        for tp in partitions:
             await self.consumer.position(tp)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.consumer.stop()
 
-    async def read(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(out) < count and asyncio.get_running_loop().time() < deadline:
-            batches = await self.consumer.getmany(timeout_ms=200)
+    async def read(
+        self, count: int, timeout: float = 10.0, where: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """Up to `count` JSON records (those `where` accepts), waiting at most `timeout` seconds."""
+        return [r.value for r in await self.read_records(count, timeout, where)]
+
+    async def read_records(
+        self, count: int, timeout: float = 10.0, where: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[Record]:
+        out: list[Record] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(out) < count and loop.time() < deadline:
+            batches = await self.consumer.getmany(timeout_ms=100)
             for records in batches.values():
-                out.extend(json.loads(r.value) for r in records)
+                for r in records:
+                    value = json.loads(r.value)
+                    if where is None or where(value):
+                        headers = {k: v.decode() for k, v in (r.headers or ())}
+                        out.append(Record(r.key.decode() if r.key else None, value, headers))
         return out
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str | None
+    value: dict[str, Any]
+    headers: dict[str, str]
