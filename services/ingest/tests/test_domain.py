@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
 from waflow_common.events.inbound import (
     AccountUpdateEvent,
     MessageReceivedEvent,
@@ -137,25 +136,31 @@ def test_typed_content_keeps_what_agents_need() -> None:
         return event.payload
 
     image = content("image_with_caption.json")
-    assert image.content.caption and image.content.mime_type == "image/jpeg"
+    assert image.content.caption
+    assert image.content.mime_type == "image/jpeg"
     assert content("audio_voice_note.json").content.voice is True
     assert content("reaction_remove.json").content.emoji is None
     assert content("reaction_add.json").content.emoji
     nfm = content("interactive_nfm_reply.json").content
-    assert nfm.kind == "nfm_reply" and json.loads(nfm.response_json)["rating"] == "4"
+    assert nfm.kind == "nfm_reply"
+    assert json.loads(nfm.response_json)["rating"] == "4"
     assert content("interactive_list_reply.json").content.description
     reply = content("reply_with_context.json")
-    assert reply.context is not None and reply.context.quoted_wamid
+    assert reply.context is not None
+    assert reply.context.quoted_wamid
     assert content("text_forwarded_many_times.json").context.frequently_forwarded is True
     assert content("product_inquiry.json").context.referred_product is not None
     assert content("referral_ad.json").referral.ctwa_clid
     system = content("system_number_change.json")
-    assert system.content.system_type == "user_changed_number" and system.content.new_wa_id == "15557650000"
+    assert system.content.system_type == "user_changed_number"
+    assert system.content.new_wa_id == "15557650000"
     assert system.profile_name is None  # system messages come without contacts
     order = content("order.json").content
-    assert len(order.product_items) == 2 and isinstance(order.product_items[0].item_price, float)
+    assert len(order.product_items) == 2
+    assert isinstance(order.product_items[0].item_price, float)
     unsupported = content("unsupported_type.json")
-    assert unsupported.content.original_type == "poll" and unsupported.errors[0].code == 131051
+    assert unsupported.content.original_type == "poll"
+    assert unsupported.errors[0].code == 131051
 
 
 def test_unknown_message_type_is_kept_raw_as_unsupported() -> None:

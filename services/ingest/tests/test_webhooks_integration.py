@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-
 from waflow_common import topics
 from waflow_common.admin import Admin
 from waflow_common.settings import CommonSettings
