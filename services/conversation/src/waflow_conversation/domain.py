@@ -1,0 +1,248 @@
+"""Pure rules of a conversation: delivery status ordering, the 24-hour window, ids, previews, phone numbers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from waflow_common.events.envelope import derived_event_id
+
+WINDOW = timedelta(hours=24)
+
+# --- errors a client can cause -------------------------------------------------------------------------------
+
+
+class ConversationError(Exception):
+    """A domain refusal; the API maps each subclass to one status code and error code."""
+
+    code = "conversation_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class WindowClosed(ConversationError):
+    code = "window_closed"
+
+
+class ContactBlacklisted(ConversationError):
+    code = "blacklisted"
+
+
+class InvalidPhoneNumber(ConversationError):
+    code = "invalid_phone"
+
+
+class InvalidCursor(ConversationError):
+    code = "invalid_cursor"
+
+
+class InvalidQuery(ConversationError):
+    code = "invalid_request"
+
+
+class IdempotencyKeyReused(ConversationError):
+    code = "idempotency_key_reused"
+
+
+# --- ids -----------------------------------------------------------------------------------------------------
+
+
+def chat_id_for(tenant_id: str, phone_number_id: str, wa_id: str) -> str:
+    """One chat per (business number, customer): the same id in every process, so creation is an upsert."""
+    return "ch_" + derived_event_id("chat", tenant_id, phone_number_id, wa_id).hex[:24]
+
+
+def inbound_message_id(tenant_id: str, wamid: str) -> str:
+    return "msg_" + derived_event_id("message", tenant_id, wamid).hex[:24]
+
+
+def outbound_message_id(tenant_id: str, request_id: str) -> str:
+    return "msg_" + derived_event_id("outbound", tenant_id, request_id).hex[:24]
+
+
+def request_id_for(tenant_id: str, chat_id: str, idempotency_key: str) -> str:
+    """A retried POST with the same Idempotency-Key makes the same request id, hence the same message."""
+    return "req_" + derived_event_id("request", tenant_id, chat_id, idempotency_key).hex[:24]
+
+
+def pending_wamid(message_id: str) -> str:
+    """Placeholder until Meta gives a wamid: the (tenant_id, wamid) unique index needs a distinct value."""
+    return f"pending:{message_id}"
+
+
+# --- delivery status -----------------------------------------------------------------------------------------
+
+# sent < delivered < read < played (REFERENCE §6); pending/accepted are ours, before Meta reports anything.
+STATUS_RANK = {"pending": 0, "accepted": 1, "sent": 2, "delivered": 3, "read": 4, "played": 5}
+META_STATUSES = frozenset({"sent", "delivered", "read", "played", "failed"})
+POSITIVE_AFTER_FAILURE = frozenset({"delivered", "read", "played"})
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """One status Meta reported for a wamid."""
+
+    status: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DeliveryState:
+    status: str
+    at: datetime | None
+
+
+def delivery_state(lifecycle: DeliveryState, reports: Iterable[StatusReport]) -> DeliveryState:
+    """The visible status given our own lifecycle (pending/accepted/failed) and every status Meta reported.
+
+    A function of the *set* of reports, so duplicates and any arrival order end in the same state:
+    the furthest of sent < delivered < read < played, unless Meta reported `failed` and no delivered/read/played
+    carries a later timestamp (a later positive report beats an earlier failure: multi-device, REFERENCE §6).
+    Unknown statuses are kept in the history by the caller and change nothing here.
+    """
+    known = [r for r in set(reports) if r.status in META_STATUSES]
+    failures = [r for r in known if r.status == "failed"]
+    positives = [r for r in known if r.status != "failed"]
+    if failures:
+        last_failure = max(failures, key=lambda r: r.at)
+        later = [r for r in positives if r.status in POSITIVE_AFTER_FAILURE and r.at > last_failure.at]
+        if not later:
+            return DeliveryState("failed", last_failure.at)
+        positives = later
+    if positives:
+        best = max(positives, key=lambda r: (STATUS_RANK[r.status], r.at))
+        if STATUS_RANK[best.status] >= STATUS_RANK.get(lifecycle.status, 0) or lifecycle.status == "failed":
+            return DeliveryState(best.status, best.at)
+    return lifecycle
+
+
+def lifecycle_after_acceptance(current: str) -> str:
+    """send.accepted moves pending to accepted; anything further along stays."""
+    return "accepted" if current == "pending" else current
+
+
+# --- the 24-hour window --------------------------------------------------------------------------------------
+
+
+def millis(at: datetime) -> datetime:
+    """MongoDB keeps milliseconds: values compared with stored ones are cut the same way first."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def window_expiry(message_at: datetime) -> datetime:
+    return message_at + WINDOW
+
+
+def window_open(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and now < expires_at
+
+
+def refreshed_expiry(current: datetime | None, message_at: datetime) -> datetime:
+    """The window only ever moves later: an older message arriving late does not shorten it."""
+    candidate = window_expiry(message_at)
+    return candidate if current is None or candidate > current else current
+
+
+def window_phase(expires_at: datetime | None, now: datetime, lead: timedelta) -> str:
+    """closed, closing (inside the lead time before expiry) or open."""
+    if not window_open(expires_at, now):
+        return "closed"
+    assert expires_at is not None
+    return "closing" if expires_at - lead <= now else "open"
+
+
+# --- unread ----------------------------------------------------------------------------------------------------
+
+# What the customer did that an agent must look at; reactions, edits, revokes and system notices are not
+# new messages (a reaction shows on its message instead).
+NOT_UNREAD = frozenset({"reaction", "edit", "revoke", "system"})
+
+
+def counts_as_unread(content_type: str) -> bool:
+    return content_type not in NOT_UNREAD
+
+
+def shown_as_own_entry(content_type: str) -> bool:
+    """Reactions are attached to the message they react to, not shown on their own."""
+    return content_type != "reaction"
+
+
+# --- previews ----------------------------------------------------------------------------------------------------
+
+PREVIEW_LENGTH = 120
+
+
+def preview(content: dict[str, Any]) -> str:
+    """The line a chat list shows for a message."""
+    kind = content.get("type", "")
+    text: str | None
+    match kind:
+        case "text":
+            text = content.get("body")
+        case "image" | "video" | "audio" | "document" | "sticker":
+            label = {"audio": "Voice message" if content.get("voice") else "Audio"}.get(kind, kind.capitalize())
+            text = content.get("caption") or content.get("filename") or f"[{label}]"
+        case "location":
+            text = content.get("name") or "[Location]"
+        case "contacts":
+            text = "[Contact card]"
+        case "interactive":
+            text = content.get("title") or content.get("flow_name") or "[Interactive reply]"
+        case "button":
+            text = content.get("text")
+        case "reaction":
+            text = f"Reacted {content.get('emoji') or ''}".strip()
+        case "order":
+            text = "[Order]"
+        case "template":
+            text = f"[Template {content.get('name')}]"
+        case _:
+            text = f"[{content.get('original_type') or kind}]"
+    text = text or f"[{kind}]"
+    return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
+
+
+# --- phone numbers ----------------------------------------------------------------------------------------------
+
+_SEPARATORS = re.compile(r"[\s\-().]")
+
+
+def normalise_phone(raw: str) -> str:
+    """An international number to Meta's wa_id form (digits, no +); '00' is accepted for '+'."""
+    text = _SEPARATORS.sub("", raw.strip())
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+"):
+        raise InvalidPhoneNumber("give the number in international form, e.g. +15551234567")
+    digits = text[1:]
+    if not digits.isdigit() or not 8 <= len(digits) <= 15 or digits.startswith("0"):
+        raise InvalidPhoneNumber("an international number has 8 to 15 digits after + and a country code")
+    return digits
+
+
+# --- cursors ----------------------------------------------------------------------------------------------------
+
+
+def encode_cursor(at: datetime, item_id: str) -> str:
+    raw = json.dumps([at.isoformat(), item_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, item_id = json.loads(raw)
+        when = datetime.fromisoformat(at)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursor("the cursor is not one this API returned") from exc
+    if when.tzinfo is None or not isinstance(item_id, str):
+        raise InvalidCursor("the cursor is not one this API returned")
+    return when, item_id

@@ -1,0 +1,126 @@
+"""Kafka subscribers (inbound messages and statuses, contacts, outbound results) and the window sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+from prometheus_client import Counter
+from pydantic import TypeAdapter
+from waflow_common import topics
+from waflow_common.events.contacts import ContactChangedEvent
+from waflow_common.events.envelope import Clock
+from waflow_common.events.inbound import InboundEvent, MessageReceivedEvent, MessageStatusEvent, inbound_adapter
+from waflow_common.events.outbound import OutboundResult, SendAcceptedEvent, outbound_result_adapter
+from waflow_common.kafka import TRANSIENT_ERRORS, Consumer
+from waflow_common.outbox import OutboxRelay
+from waflow_common.tenants import TenantRegistry
+
+from waflow_conversation.repository import Cause, ChatRepository
+from waflow_conversation.repository_messages import MessageRepository
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter("waflow_conversation_events_total", "Events consumed by conversation", ["event_type"])
+WINDOW_EVENTS = Counter("waflow_conversation_window_announcements_total", "window.closing/closed announced")
+
+contact_adapter: TypeAdapter[ContactChangedEvent] = TypeAdapter(ContactChangedEvent)
+
+GROUP_ID = "conversation"
+
+
+class MissingTenant(ValueError):
+    """An event of a tenant-scoped topic without a tenant: it can never be applied (dead-lettered)."""
+
+
+def _tenant(event: Any) -> str:
+    tenant_id: str | None = event.tenant_id
+    if not tenant_id:
+        raise MissingTenant(f"{event.event_type} {event.event_id} has no tenant_id")
+    return tenant_id
+
+
+class ConversationHandlers:
+    def __init__(self, chats: ChatRepository, messages: MessageRepository, relay: OutboxRelay) -> None:
+        self._chats = chats
+        self._messages = messages
+        self._relay = relay
+
+    def subscribe(self, consumer: Consumer, *, workers: int) -> None:
+        # One worker per partition group keeps per-chat order (records of one customer share a partition).
+        options: dict[str, Any] = {"max_workers": workers} if workers > 1 else {}
+        consumer.subscribe(topics.INBOUND, inbound_adapter, self.on_inbound, **options)
+        consumer.subscribe(topics.CONTACTS, contact_adapter, self.on_contact, **options)
+        consumer.subscribe(topics.OUTBOUND_RESULTS, outbound_result_adapter, self.on_result, **options)
+
+    async def on_inbound(self, event: InboundEvent) -> None:
+        EVENTS.labels(event.event_type).inc()
+        if isinstance(event, MessageReceivedEvent):
+            cause = Cause(event.correlation_id, event.event_id)
+            await self._messages.record_inbound(_tenant(event), event.payload, cause)
+            self._relay.notify()
+        elif isinstance(event, MessageStatusEvent):
+            await self._messages.apply_status(_tenant(event), event.payload, str(event.event_id))
+        # template.status and account.update concern outbound and operators, not chats.
+
+    async def on_contact(self, event: ContactChangedEvent) -> None:
+        EVENTS.labels(event.event_type).inc()
+        await self._chats.apply_contact(_tenant(event), event.payload)
+
+    async def on_result(self, event: OutboundResult) -> None:
+        EVENTS.labels(event.event_type).inc()
+        if isinstance(event, SendAcceptedEvent):
+            await self._messages.accept(_tenant(event), event.payload)
+        else:
+            await self._messages.reject(_tenant(event), event.payload)
+
+
+class WindowSweeper:
+    """Finds windows about to close or closed (no TTL indexes on our server) and announces them."""
+
+    def __init__(
+        self,
+        chats: ChatRepository,
+        registry: TenantRegistry,
+        relay: OutboxRelay,
+        clock: Clock,
+        *,
+        interval_seconds: float,
+    ) -> None:
+        self._chats = chats
+        self._registry = registry
+        self._relay = relay
+        self._clock = clock
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep_once(self) -> int:
+        now = self._clock()
+        announced = 0
+        for tenant in self._registry.tenants():
+            lead = timedelta(minutes=tenant.record.window_closing_lead_minutes)
+            announced += await self._chats.sweep_windows(tenant.tenant_id, now, lead)
+        if announced:
+            WINDOW_EVENTS.inc(announced)
+            self._relay.notify()
+        return announced
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("window sweep failed; will retry", extra={"error": repr(exc)})
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="window-sweep")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

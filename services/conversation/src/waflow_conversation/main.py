@@ -1,0 +1,100 @@
+"""Conversation: builds settings, MongoDB, the Kafka consumer and producer, the outbox relay, the window sweep
+and the FastAPI app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request
+from pydantic import Field
+from waflow_common.events.envelope import Clock, utcnow
+from waflow_common.http import health_router, install_correlation, install_error_handlers
+from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
+from waflow_common.logs import configure_logging
+from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
+from waflow_common.outbox import OutboxRelay
+from waflow_common.secrets import SecretBox
+from waflow_common.settings import CommonSettings
+from waflow_common.tenants import TenantRegistry
+
+from waflow_conversation.api import ConversationContext, install_domain_errors, router
+from waflow_conversation.handlers import GROUP_ID, ConversationHandlers, WindowSweeper
+from waflow_conversation.repository import ChatRepository, Collections
+from waflow_conversation.repository_messages import MessageRepository, NoteRepository
+
+DATABASE = "waflow_conversation"
+
+
+class ConversationSettings(CommonSettings):
+    conversation_host: str = "127.0.0.1"
+    conversation_port: int = 8002
+    # Consumers per topic in the group; each owns whole partitions, so per-chat order holds.
+    conversation_consumer_workers: int = Field(default=3, ge=1, le=64)
+    conversation_sweep_seconds: float = Field(default=30.0, gt=0)
+
+
+def create_app(settings: ConversationSettings | None = None, *, clock: Clock = utcnow) -> FastAPI:
+    settings = settings or ConversationSettings()
+    broker = make_broker(settings, client_id="waflow-conversation")
+    registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
+    mongo = make_mongo_client(settings)
+    collections = Collections(service_database(mongo, settings, DATABASE))
+    chats = ChatRepository(collections, clock)
+    messages = MessageRepository(collections, chats, clock)
+    notes = NoteRepository(collections, clock)
+    relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings))
+    sweeper = WindowSweeper(chats, registry, relay, clock, interval_seconds=settings.conversation_sweep_seconds)
+    handlers = ConversationHandlers(chats, messages, relay)
+    handlers.subscribe(Consumer(broker, settings, group_id=GROUP_ID), workers=settings.conversation_consumer_workers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await collections.create_indexes()
+        await registry.start()
+        await broker.start()
+        relay.start()
+        sweeper.start()
+        try:
+            yield
+        finally:
+            await sweeper.stop()
+            await relay.stop()
+            await broker.stop()
+            await registry.stop()
+            await mongo.close()
+
+    async def ready(_: Request) -> dict[str, bool]:
+        return {"kafka": await kafka_reachable(settings), "mongodb": await mongo_reachable(mongo)}
+
+    app = FastAPI(
+        title="waflow conversation",
+        version="1",
+        description=(
+            "Chats, messages, unread state, the 24-hour window, append-only notes and sending requests. "
+            "Every call needs `Authorization: Bearer <api key>`; the key decides the tenant."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.conversation = ConversationContext(
+        registry=registry,
+        chats=chats,
+        messages=messages,
+        notes=notes,
+        relay=relay,
+        sweeper=sweeper,
+        clock=clock,
+    )
+    install_error_handlers(app)
+    install_domain_errors(app)
+    install_correlation(app)
+    app.include_router(router)
+    app.include_router(health_router(ready))
+    return app
+
+
+def run() -> None:
+    settings = ConversationSettings()
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.conversation_host, port=settings.conversation_port, log_config=None)

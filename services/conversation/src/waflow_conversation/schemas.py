@@ -1,0 +1,387 @@
+"""The REST API's request and response models, with the examples the OpenAPI document shows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from waflow_common.events.inbound import (
+    ButtonContent,
+    ContactsContent,
+    EditContent,
+    InteractiveContent,
+    LocationContent,
+    MediaContent,
+    OrderContent,
+    ReactionContent,
+    RevokeContent,
+    SystemContent,
+    TextContent,
+    UnsupportedContent,
+)
+
+from waflow_conversation import domain
+from waflow_conversation.repository import Document
+
+WAMID = "wamid.HBgLMTU1NTc2NTQzMjEVAgASGBQzRUIwQzc2QjFBNDRFNDQzNTJGMQA="
+AT = "2026-01-01T10:32:05Z"
+
+Agent = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- chats ---------------------------------------------------------------------------------------------------
+
+
+class ContactListOut(BaseModel):
+    list_id: str
+    name: str
+
+
+class ContactOut(BaseModel):
+    contact_id: str
+    name: str | None
+    profile_name: str | None
+    phone_e164: str
+    tags: list[str]
+    lists: list[ContactListOut]
+    fields: dict[str, Any]
+    deleted: bool
+    blacklisted: bool
+
+
+class LastMessageOut(BaseModel):
+    message_id: str
+    wamid: str | None
+    direction: Literal["in", "out"]
+    type: str
+    preview: str
+    at: datetime
+
+
+class WindowOut(BaseModel):
+    open: bool = Field(description="free-form messages are allowed now")
+    opened_at: datetime | None
+    expires_at: datetime | None
+
+
+class ChatOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "chat_id": "ch_5f1c0e6e0d7a4c2b9e1f3a7d",
+                    "phone_number_id": "118273645501928",
+                    "wa_id": "15557654321",
+                    "phone_e164": "+15557654321",
+                    "display_name": "Giulia Rossi",
+                    "contact": {
+                        "contact_id": "ct_15557654321",
+                        "name": "Giulia Rossi",
+                        "profile_name": "Giulia",
+                        "phone_e164": "+15557654321",
+                        "tags": ["vip"],
+                        "lists": [{"list_id": "l_newsletter", "name": "Newsletter"}],
+                        "fields": {"city": "Milan"},
+                        "deleted": False,
+                        "blacklisted": False,
+                    },
+                    "blacklisted": False,
+                    "last_message": {
+                        "message_id": "msg_0e1d2c3b4a5f60718293a4b5",
+                        "wamid": WAMID,
+                        "direction": "in",
+                        "type": "text",
+                        "preview": "Hi! Is my order #4471 shipped yet?",
+                        "at": AT,
+                    },
+                    "last_activity_at": AT,
+                    "unread_count": 2,
+                    "window": {"open": True, "opened_at": AT, "expires_at": "2026-01-02T10:32:05Z"},
+                    "created_at": AT,
+                }
+            ]
+        }
+    )
+
+    chat_id: str
+    phone_number_id: str
+    wa_id: str
+    phone_e164: str
+    display_name: str = Field(description="the contact's name, else the WhatsApp profile name, else the number")
+    contact: ContactOut | None = Field(description="from contacts.v1; null until the contact is known")
+    blacklisted: bool = Field(description="the contact is deleted/blacklisted: it is never messaged")
+    last_message: LastMessageOut | None
+    last_activity_at: datetime
+    unread_count: int
+    window: WindowOut
+    created_at: datetime
+
+    @classmethod
+    def from_doc(cls, doc: Document, now: datetime) -> ChatOut:
+        contact = doc.get("contact")
+        name = (contact or {}).get("name") or (contact or {}).get("profile_name") or doc.get("profile_name")
+        expires = doc.get("window_expires_at")
+        return cls(
+            chat_id=doc["_id"],
+            phone_number_id=doc["phone_number_id"],
+            wa_id=doc["wa_id"],
+            phone_e164="+" + doc["wa_id"],
+            display_name=name or "+" + doc["wa_id"],
+            contact=ContactOut.model_validate(contact) if contact else None,
+            blacklisted=bool(contact and contact.get("blacklisted")),
+            last_message=LastMessageOut.model_validate(doc["last_message"]) if doc.get("last_message") else None,
+            last_activity_at=doc["last_activity_at"],
+            unread_count=doc["unread_count"],
+            window=WindowOut(
+                open=domain.window_open(expires, now), opened_at=doc.get("window_opened_at"), expires_at=expires
+            ),
+            created_at=doc["created_at"],
+        )
+
+
+class ChatPage(BaseModel):
+    items: list[ChatOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class NewChat(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"phone": "+1 555 765 4321", "opened_by": "agent:giulia"}]},
+    )
+
+    phone: str = Field(min_length=3, max_length=40, description="international form, e.g. +15557654321")
+    phone_number_id: str | None = Field(
+        default=None, description="which of the tenant's WhatsApp numbers; the first one if omitted"
+    )
+    opened_by: Agent = "api"
+
+
+class ReadBy(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"by": "agent:giulia"}]})
+    by: Agent = "api"
+
+
+class MarkedAllRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"chats_marked_read": 3}]})
+    chats_marked_read: int
+
+
+# --- messages --------------------------------------------------------------------------------------------------
+
+
+class TemplateContent(BaseModel):
+    type: Literal["template"] = "template"
+    name: str
+    language: str
+    parameters: dict[str, str] | list[str]
+
+
+MessageContentOut = Annotated[
+    TextContent
+    | MediaContent
+    | LocationContent
+    | ContactsContent
+    | InteractiveContent
+    | ButtonContent
+    | ReactionContent
+    | OrderContent
+    | SystemContent
+    | EditContent
+    | RevokeContent
+    | UnsupportedContent
+    | TemplateContent,
+    Field(discriminator="type"),
+]
+
+
+class ReactionOut(BaseModel):
+    emoji: str
+    by: Literal["customer"]
+    at: datetime
+
+
+class QuotedMessageOut(BaseModel):
+    wamid: str
+    message_id: str | None = Field(description="null when the quoted message is not in this chat's history")
+    direction: Literal["in", "out"] | None
+    type: str | None
+    preview: str | None
+
+
+class FailureOut(BaseModel):
+    reason: str = Field(description="blacklisted, window_closed, template_unknown, meta_error, gave_up, ...")
+    message: str
+    code: int | None = None
+    title: str | None = None
+
+
+DeliveryStatus = Literal["pending", "accepted", "sent", "delivered", "read", "played", "failed"]
+
+
+MESSAGE_EXAMPLE: dict[str, Any] = {
+    "kind": "message",
+    "message_id": "msg_0e1d2c3b4a5f60718293a4b5",
+    "chat_id": "ch_5f1c0e6e0d7a4c2b9e1f3a7d",
+    "wamid": WAMID,
+    "direction": "out",
+    "type": "text",
+    "content": {"type": "text", "body": "Yes, it left our warehouse this morning."},
+    "at": AT,
+    "status": "read",
+    "status_at": "2026-01-01T10:33:10Z",
+    "failure": None,
+    "reactions": [{"emoji": "👍", "by": "customer", "at": "2026-01-01T10:34:00Z"}],
+    "reply_to": None,
+    "unread": False,
+    "requested_by": "agent:giulia",
+}
+
+
+class MessageOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [MESSAGE_EXAMPLE]})
+
+    kind: Literal["message"] = "message"
+    message_id: str
+    chat_id: str
+    wamid: str | None = Field(description="null until WhatsApp accepted an outgoing message")
+    direction: Literal["in", "out"]
+    type: str
+    content: MessageContentOut
+    at: datetime = Field(description="Meta's timestamp for inbound messages; when the agent sent it for outbound")
+    status: DeliveryStatus | None = Field(description="outgoing messages only")
+    status_at: datetime | None
+    failure: FailureOut | None
+    reactions: list[ReactionOut]
+    reply_to: QuotedMessageOut | None
+    unread: bool = Field(description="an agent marked it unread")
+    requested_by: str | None
+
+    @classmethod
+    def from_doc(cls, doc: Document) -> MessageOut:
+        wamid: str = doc["wamid"]
+        outgoing = doc["direction"] == "out"
+        return cls(
+            message_id=doc["_id"],
+            chat_id=doc["chat_id"],
+            wamid=None if wamid.startswith("pending:") else wamid,
+            direction=doc["direction"],
+            type=doc["type"],
+            content=doc["content"],
+            at=doc["at"],
+            status=doc.get("status") if outgoing else None,
+            status_at=doc.get("status_at") if outgoing else None,
+            failure=doc.get("failure") if outgoing else None,
+            reactions=doc.get("reactions", []),
+            reply_to=doc.get("reply_to"),
+            unread=bool(doc.get("manual_unread")),
+            requested_by=doc.get("requested_by"),
+        )
+
+
+class NoteOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "note",
+                    "note_id": "note_7d3c0a9e2b4f4e61a8c5",
+                    "chat_id": "ch_5f1c0e6e0d7a4c2b9e1f3a7d",
+                    "author": "agent:giulia",
+                    "text": "Customer prefers a call after 6pm.",
+                    "at": AT,
+                }
+            ]
+        }
+    )
+
+    kind: Literal["note"] = "note"
+    note_id: str
+    chat_id: str
+    author: str
+    text: str
+    at: datetime
+
+    @classmethod
+    def from_doc(cls, doc: Document) -> NoteOut:
+        return cls(note_id=doc["_id"], chat_id=doc["chat_id"], author=doc["author"], text=doc["text"], at=doc["at"])
+
+
+TimelineItem = Annotated[MessageOut | NoteOut, Field(discriminator="kind")]
+
+
+class TimelinePage(BaseModel):
+    items: list[TimelineItem] = Field(description="newest first: messages and notes")
+    next_cursor: str | None
+
+
+class NotePage(BaseModel):
+    items: list[NoteOut]
+    next_cursor: str | None
+
+
+class NewNote(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"author": "agent:giulia", "text": "Customer prefers a call after 6pm."}]},
+    )
+    author: Agent
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
+
+
+class SendText(Strict):
+    type: Literal["text"]
+    body: str = Field(min_length=1, max_length=4096)
+    preview_url: bool = False
+    reply_to: str | None = Field(default=None, description="message_id in this chat to quote")
+    requested_by: Agent = "api"
+
+
+class SendTemplate(Strict):
+    type: Literal["template"]
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(default="en", min_length=2, max_length=15)
+    parameters: dict[str, str] | list[str] = Field(default_factory=dict)
+    reply_to: str | None = None
+    requested_by: Agent = "api"
+
+
+SendMessage = Annotated[SendText | SendTemplate, Field(discriminator="type")]
+
+SEND_EXAMPLES: dict[str, Any] = {
+    "text": {
+        "summary": "Free-form text (only inside the 24-hour window)",
+        "value": {"type": "text", "body": "Yes, it left our warehouse this morning.", "requested_by": "agent:giulia"},
+    },
+    "template": {
+        "summary": "An approved template (allowed at any time)",
+        "value": {
+            "type": "template",
+            "name": "open_template",
+            "language": "en",
+            "parameters": {"SENTENCE": "for writing to us"},
+            "requested_by": "agent:giulia",
+        },
+    },
+}
+
+
+class SendAcceptedOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "req_3b9a7c1e5d2f4a6b8c0d1e2f",
+                    "message": MESSAGE_EXAMPLE
+                    | {"direction": "out", "wamid": None, "status": "pending", "status_at": AT, "reactions": []},
+                }
+            ]
+        }
+    )
+    request_id: str
+    message: MessageOut

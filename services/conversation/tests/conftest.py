@@ -1,0 +1,274 @@
+"""Conversation served over real HTTP against the real Kafka and FerretDB, on topics and a database of its own.
+
+Other services' events (message.received, message.status, contact.changed, send.accepted, ...) are published
+onto the real topics exactly as those services would; the clock is injected so the window can be moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+import pytest_asyncio
+from waflow_common.admin import Admin, AppFile
+from waflow_common.events.contacts import ContactChangedEvent, ContactListRef, ContactSnapshot
+from waflow_common.events.envelope import Envelope, derived_event_id
+from waflow_common.events.inbound import (
+    MessageContext,
+    MessageReceived,
+    MessageReceivedEvent,
+    MessageStatus,
+    MessageStatusEvent,
+    MetaErrorDetail,
+)
+from waflow_common.events.outbound import SendAccepted, SendAcceptedEvent, SendRejected, SendRejectedEvent
+from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
+from waflow_conversation.api import ConversationContext
+from waflow_conversation.main import ConversationSettings, create_app
+from waflow_testing.fixtures import TENANT_A, TENANT_B, SeededTenant, put_test_tenant, serve, settings_for
+
+T = TypeVar("T")
+
+
+class FakeClock:
+    """The service's clock; tests move it forward to close windows."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def new_wa_id() -> str:
+    return "1555" + str(uuid.uuid4().int)[:7]
+
+
+def new_wamid() -> str:
+    return "wamid.TEST" + uuid.uuid4().hex
+
+
+@dataclass
+class Stack:
+    settings: ConversationSettings
+    url: str
+    http: httpx.AsyncClient
+    publisher: EventPublisher
+    clock: FakeClock
+    context: ConversationContext
+    tenants: tuple[SeededTenant, SeededTenant]
+    versions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def a(self) -> SeededTenant:
+        return self.tenants[0]
+
+    @property
+    def b(self) -> SeededTenant:
+        return self.tenants[1]
+
+    # --- what other services publish -------------------------------------------------------------------------
+    def received(
+        self,
+        wa_id: str,
+        content: dict[str, Any],
+        *,
+        tenant: SeededTenant = TENANT_A,
+        wamid: str | None = None,
+        at: datetime | None = None,
+        quoted: str | None = None,
+        name: str | None = "Test Customer",
+    ) -> MessageReceivedEvent:
+        wamid = wamid or new_wamid()
+        return MessageReceivedEvent.new(
+            tenant_id=tenant.tenant_id,
+            payload=MessageReceived(
+                wamid=wamid,
+                phone_number_id=tenant.phone_number_id,
+                display_phone_number=tenant.display_phone_number,
+                waba_id=tenant.waba_id,
+                wa_id=wa_id,
+                profile_name=name,
+                type=content["type"],
+                timestamp=at or self.clock.now,
+                content=content,  # type: ignore[arg-type]
+                context=MessageContext(quoted_wamid=quoted) if quoted else None,
+            ),
+            event_id=derived_event_id(tenant.tenant_id, wamid),
+        )
+
+    def text(self, wa_id: str, body: str, **kwargs: Any) -> MessageReceivedEvent:
+        return self.received(wa_id, {"type": "text", "body": body}, **kwargs)
+
+    def status(
+        self,
+        wamid: str,
+        wa_id: str,
+        status: str,
+        at: datetime,
+        *,
+        tenant: SeededTenant = TENANT_A,
+        error_code: int | None = None,
+    ) -> MessageStatusEvent:
+        errors = [MetaErrorDetail(code=error_code, title="Re-engagement message")] if error_code else []
+        return MessageStatusEvent.new(
+            tenant_id=tenant.tenant_id,
+            payload=MessageStatus(
+                wamid=wamid,
+                phone_number_id=tenant.phone_number_id,
+                waba_id=tenant.waba_id,
+                wa_id=wa_id,
+                status=status,
+                timestamp=at,
+                errors=errors,
+            ),
+            event_id=derived_event_id(tenant.tenant_id, wamid, status, str(int(at.timestamp()))),
+            occurred_at=at,
+        )
+
+    def accepted(self, request_id: str, wa_id: str, wamid: str, *, tenant: SeededTenant = TENANT_A) -> Envelope[Any]:
+        return SendAcceptedEvent.new(
+            tenant_id=tenant.tenant_id,
+            payload=SendAccepted(
+                request_id=request_id, phone_number_id=tenant.phone_number_id, wa_id=wa_id, wamid=wamid
+            ),
+        )
+
+    def rejected(self, request_id: str, wa_id: str, reason: str, *, tenant: SeededTenant = TENANT_A) -> Envelope[Any]:
+        return SendRejectedEvent.new(
+            tenant_id=tenant.tenant_id,
+            payload=SendRejected(
+                request_id=request_id,
+                phone_number_id=tenant.phone_number_id,
+                wa_id=wa_id,
+                reason=reason,  # type: ignore[arg-type]
+                message=f"refused: {reason}",
+            ),
+        )
+
+    def contact(
+        self,
+        wa_id: str,
+        *,
+        tenant: SeededTenant = TENANT_A,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        lists: list[tuple[str, str]] | None = None,
+        blacklisted: bool = False,
+        version: int | None = None,
+    ) -> ContactChangedEvent:
+        key = f"{tenant.tenant_id}:{wa_id}"
+        if version is None:
+            version = self.versions.get(key, 0) + 1
+        self.versions[key] = max(version, self.versions.get(key, 0))
+        return ContactChangedEvent.new(
+            tenant_id=tenant.tenant_id,
+            payload=ContactSnapshot(
+                contact_id=f"ct_{wa_id}",
+                wa_id=wa_id,
+                phone_e164="+" + wa_id,
+                name=name,
+                tags=tags or [],
+                lists=[ContactListRef(list_id=i, name=n) for i, n in lists or []],
+                fields={"city": "Milan"},
+                deleted=blacklisted,
+                blacklisted=blacklisted,
+                updated_at=self.clock.now,
+                version=version,
+            ),
+        )
+
+    async def publish(self, *events: Envelope[Any]) -> None:
+        for event in events:  # one at a time: order within a partition is what the test means
+            await self.publisher.publish(event)
+
+    # --- what an agent does -------------------------------------------------------------------------------------
+    async def get(self, path: str, tenant: SeededTenant = TENANT_A, **params: Any) -> httpx.Response:
+        return await self.http.get(path, headers=tenant.auth, params=params)
+
+    async def post(
+        self, path: str, body: Any = None, tenant: SeededTenant = TENANT_A, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        return await self.http.post(path, json=body, headers=tenant.auth | (headers or {}))
+
+    async def chat_for(self, wa_id: str, tenant: SeededTenant = TENANT_A) -> dict[str, Any]:
+        """Waits until the chat with this customer shows up in the chat list."""
+
+        async def find() -> dict[str, Any] | None:
+            r = await self.get("/v1/chats", tenant, search=wa_id)
+            assert r.status_code == 200, r.text
+            items: list[dict[str, Any]] = r.json()["items"]
+            return next((c for c in items if c["wa_id"] == wa_id), None)
+
+        return await eventually(find)
+
+    async def timeline(self, chat_id: str, tenant: SeededTenant = TENANT_A, limit: int = 200) -> list[dict[str, Any]]:
+        r = await self.get(f"/v1/chats/{chat_id}/messages", tenant, limit=limit)
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 15.0, what: str = "condition") -> T:
+    """Polls until the probe returns something truthy (the effect of an event is asynchronous by design)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {result!r})")
+        await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
+    # Topics and a database of our own: no other test's consumer (in this session) ever sees our events.
+    run = uuid.uuid4().hex[:6]
+    env = settings_env | {
+        "WAFLOW_TOPIC_PREFIX": f"{settings_env['WAFLOW_TOPIC_PREFIX']}conv{run}.",
+        "WAFLOW_DB_PREFIX": f"{settings_env['WAFLOW_DB_PREFIX']}conv{run}_",
+    }
+    settings = settings_for(ConversationSettings, env, conversation_sweep_seconds=3600, conversation_consumer_workers=2)
+    await ensure_topics(settings)
+    async with Admin(settings) as admin:
+        await admin.put_app(
+            AppFile(
+                app_id=TENANT_A.app_id,
+                name="test app",
+                app_secret=TENANT_A.app_secret,
+                verify_token=TENANT_A.verify_token,
+            )
+        )
+        await eventually(lambda: _found(admin.registry.app(TENANT_A.app_id)))
+        await put_test_tenant(admin, TENANT_A)
+        await put_test_tenant(admin, TENANT_B, window_closing_lead_minutes=30)
+    clock = FakeClock()
+    app = create_app(settings, clock=clock)
+    broker = make_broker(settings, client_id="conversation-tests")
+    await broker.start()
+    try:
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield Stack(
+                settings=settings,
+                url=url,
+                http=http,
+                publisher=EventPublisher(broker, settings),
+                clock=clock,
+                context=app.state.conversation,
+                tenants=(TENANT_A, TENANT_B),
+            )
+    finally:
+        await broker.stop()
+
+
+async def _found(value: T | None) -> T | None:
+    return value

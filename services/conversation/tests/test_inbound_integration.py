@@ -1,0 +1,183 @@
+"""Inbound messages become chats and timelines exactly once, whatever Meta and Kafka redeliver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from waflow_common import topics
+from waflow_testing.fixtures import TopicReader, fixture_json
+
+from .conftest import Stack, eventually, new_wa_id, new_wamid
+
+pytestmark = pytest.mark.integration
+
+
+async def test_customer_message_opens_a_chat_with_the_window_open(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    sample = fixture_json("text_message.json")["entry"][0]["changes"][0]["value"]["messages"][0]
+    event = stack.text(wa_id, sample["text"]["body"], wamid=new_wamid())
+    async with TopicReader(stack.settings, topics.CONVERSATION) as conversation:
+        await stack.publish(event)
+        chat = await stack.chat_for(wa_id)
+        announced = await conversation.read(1)
+    assert chat["unread_count"] == 1
+    assert chat["window"]["open"] is True
+    assert chat["window"]["expires_at"] is not None
+    assert chat["last_message"]["preview"] == sample["text"]["body"]
+    assert chat["display_name"] == "Test Customer"
+    assert [e["event_type"] for e in announced] == ["window.opened"]
+    assert announced[0]["payload"]["chat_id"] == chat["chat_id"]
+
+    items = await stack.timeline(chat["chat_id"])
+    assert [(i["kind"], i["direction"], i["content"]) for i in items] == [
+        ("message", "in", {"type": "text", "body": sample["text"]["body"]})
+    ]
+
+
+async def test_duplicates_and_redeliveries_make_one_message_and_one_unread(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    first, second = stack.text(wa_id, "one"), stack.text(wa_id, "two")
+    # Meta retries the webhook and Kafka redelivers: the same event_id arrives several times, interleaved.
+    await stack.publish(first, first, second, first, second)
+    chat = await stack.chat_for(wa_id)
+
+    async def settled() -> list[dict[str, Any]] | None:
+        items = await stack.timeline(chat["chat_id"])
+        return items if len(items) >= 2 else None
+
+    items = await eventually(settled)
+    marker = stack.text(wa_id, "three")
+    await stack.publish(marker)
+    await eventually(lambda: _unread_is(stack, wa_id, 3))
+    items = await stack.timeline(chat["chat_id"])
+    assert sorted(i["content"]["body"] for i in items) == ["one", "three", "two"]
+
+
+async def _unread_is(stack: Stack, wa_id: str, count: int) -> bool:
+    chat = await stack.chat_for(wa_id)
+    return bool(chat["unread_count"] == count)
+
+
+async def test_every_whatsapp_type_is_typed_in_the_timeline(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    contents: list[dict[str, Any]] = [
+        {"type": "image", "id": "1479537139650973", "mime_type": "image/jpeg", "caption": "the box was damaged"},
+        {"type": "audio", "id": "9876", "mime_type": "audio/ogg; codecs=opus", "voice": True},
+        {"type": "location", "latitude": 45.46, "longitude": 9.19, "name": "Duomo"},
+        {"type": "contacts", "contacts": [{"name": {"formatted_name": "Ada"}, "phones": [{"phone": "+3912"}]}]},
+        {"type": "interactive", "kind": "button_reply", "reply_id": "yes", "title": "Yes, ship it"},
+        {"type": "button", "payload": "STOP", "text": "Stop promotions"},
+        {
+            "type": "order",
+            "catalog_id": "c1",
+            "product_items": [{"product_retailer_id": "p1", "quantity": 2, "item_price": 9.5, "currency": "EUR"}],
+        },
+        {"type": "unsupported", "original_type": "poll", "raw": {"type": "unsupported"}},
+    ]
+    base = stack.clock.now
+    events = [stack.received(wa_id, c, at=base + timedelta(seconds=i)) for i, c in enumerate(contents)]
+    await stack.publish(*events)
+    chat = await stack.chat_for(wa_id)
+
+    async def all_there() -> list[dict[str, Any]] | None:
+        items = await stack.timeline(chat["chat_id"])
+        return items if len(items) == len(contents) else None
+
+    items = await eventually(all_there)
+    by_type = {i["type"]: i["content"] for i in items}
+    assert by_type["image"]["caption"] == "the box was damaged"
+    assert by_type["audio"]["voice"] is True
+    assert by_type["location"]["name"] == "Duomo"
+    assert by_type["contacts"]["contacts"][0]["name"]["formatted_name"] == "Ada"
+    assert by_type["interactive"]["title"] == "Yes, ship it"
+    assert by_type["button"]["text"] == "Stop promotions"
+    assert by_type["order"]["product_items"][0]["quantity"] == 2
+    assert by_type["unsupported"]["original_type"] == "poll"
+    assert items[0]["type"] == "unsupported"  # newest first
+
+
+async def test_reactions_ride_on_their_message_and_replies_carry_the_quote(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    reaction_sample = fixture_json("reaction_add.json")["entry"][0]["changes"][0]["value"]["messages"][0]
+    original = stack.text(wa_id, "Where is my parcel?")
+    at = stack.clock.now + timedelta(seconds=5)
+    reply = stack.text(wa_id, "Thanks, but I need it before Friday", quoted=original.payload.wamid, at=at)
+    react = stack.received(
+        wa_id,
+        {"type": "reaction", "message_id": original.payload.wamid, "emoji": reaction_sample["reaction"]["emoji"]},
+        at=at + timedelta(seconds=1),
+    )
+    await stack.publish(original, reply, react)
+    chat = await stack.chat_for(wa_id)
+
+    async def both() -> list[dict[str, Any]] | None:
+        items = await stack.timeline(chat["chat_id"])
+        return items if len(items) == 2 and items[1]["reactions"] else None
+
+    items = await eventually(both)
+    newest, oldest = items
+    assert oldest["reactions"][0]["emoji"] == reaction_sample["reaction"]["emoji"]
+    assert newest["reply_to"]["message_id"] == oldest["message_id"]
+    assert newest["reply_to"]["preview"] == "Where is my parcel?"
+    # A reaction is not a new message: two unread, not three.
+    assert (await stack.chat_for(wa_id))["unread_count"] == 2
+
+    removal = stack.received(
+        wa_id, {"type": "reaction", "message_id": original.payload.wamid}, at=at + timedelta(seconds=2)
+    )
+    await stack.publish(removal)
+
+    async def removed() -> bool:
+        items = await stack.timeline(chat["chat_id"])
+        return items[1]["reactions"] == []
+
+    await eventually(removed)
+
+
+async def test_window_follows_metas_timestamp_and_late_messages_never_shorten_it(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    now = stack.clock.now
+    newer = stack.text(wa_id, "newer", at=now - timedelta(hours=1))
+    older = stack.text(wa_id, "older", at=now - timedelta(hours=5))
+    await stack.publish(newer, older)
+    await eventually(lambda: _unread_is(stack, wa_id, 2))
+    chat = await stack.chat_for(wa_id)
+    assert chat["window"]["expires_at"].startswith((now + timedelta(hours=23)).strftime("%Y-%m-%dT%H:%M:%S"))
+    assert chat["last_message"]["preview"] == "newer"
+    # A reaction does not open a window (REFERENCE §10).
+    closed = new_wa_id()
+    await stack.publish(stack.received(closed, {"type": "reaction", "message_id": new_wamid(), "emoji": "👍"}))
+    assert (await stack.chat_for(closed))["window"] == {"open": False, "opened_at": None, "expires_at": None}
+
+
+async def test_concurrent_messages_count_exactly(stack: Stack) -> None:
+    wa_ids = [new_wa_id() for _ in range(4)]
+    events = [stack.text(w, f"m{i}") for w in wa_ids for i in range(10)]
+    # Published concurrently and twice: 4 partitions worth of work, every record redelivered once.
+    await asyncio.gather(*(stack.publisher.publish(e) for e in events + events))
+    for wa_id in wa_ids:
+        await eventually(lambda w=wa_id: _unread_is(stack, w, 10), what=f"10 unread for {wa_id}")
+    chat = await stack.chat_for(wa_ids[0])
+    assert len(await stack.timeline(chat["chat_id"])) == 10
+
+
+async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    async with TopicReader(stack.settings, topics.dlq(topics.INBOUND)) as dlq:
+        await stack.publisher.publish_raw(topics.INBOUND, b"{not json", key=b"x", headers={})
+        missing_tenant = json.loads(stack.text(wa_id, "orphan").to_json())
+        missing_tenant["tenant_id"] = None
+        await stack.publisher.publish_raw(
+            topics.INBOUND, json.dumps(missing_tenant).encode(), key=wa_id.encode(), headers={}
+        )
+        letters = await dlq.read(2, timeout=20)
+    assert len(letters) == 2
+    assert "invalid event" in letters[0]["error"]
+    assert letters[1]["error_type"] == "MissingTenant"
+    assert letters[1]["consumer"] == "conversation"
+    await stack.publish(stack.text(wa_id, "still here"))
+    assert (await stack.chat_for(wa_id))["last_message"]["preview"] == "still here"
