@@ -28,6 +28,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from waflow_common.events.tenants import (
+    TENANT_ID_PATTERN,
     ApiKeyRecord,
     AppRecord,
     AppUpsertedEvent,
@@ -51,7 +52,7 @@ class AppFile(BaseModel):
 
 class TenantFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tenant_id: str
+    tenant_id: str = Field(pattern=TENANT_ID_PATTERN, description="lowercase letters, digits, - and _")
     name: str
     app_id: str
     phone_numbers: list[PhoneNumber] = Field(min_length=1)

@@ -73,8 +73,9 @@ class OutboxRelay:
                         key=entry["key"].encode(),
                         headers=entry["headers"],
                     )
-                ids = [e["event_id"] for e in entries]
-                await collection.update_one({"_id": doc["_id"]}, {"$pull": {OUTBOX_FIELD: {"event_id": {"$in": ids}}}})
+                # $pullAll removes exactly the entries just published (FerretDB's $pull takes no conditions);
+                # entries parked meanwhile stay for the next round.
+                await collection.update_one({"_id": doc["_id"]}, {"$pullAll": {OUTBOX_FIELD: entries}})
                 published += len(entries)
         return published
 

@@ -9,6 +9,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 from waflow_common import topics
 from waflow_common.events.envelope import Envelope, Payload
 
+TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,62}$"
+
 SealedSecret = Annotated[str, Field(pattern=r"^v1:", description="AES-GCM sealed with WAFLOW_SECRETS_KEY")]
 
 
@@ -36,7 +38,7 @@ class ApiKeyRecord(BaseModel):
 
 
 class TenantRecord(Payload):
-    tenant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$")
+    tenant_id: str = Field(pattern=TENANT_ID_PATTERN)
     name: str
     app_id: str
     phone_numbers: list[PhoneNumber]
