@@ -16,15 +16,33 @@ help:
 
 .PHONY: uv
 uv:
-	@command -v $(UV) >/dev/null 2>&1 || { echo "installing uv"; python3 -m pip install --quiet --user uv || curl -LsSf https://astral.sh/uv/install.sh | sh; }
+	@command -v $(UV) >/dev/null 2>&1 || { echo "installing uv from PyPI"; python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv; }
 
 .PHONY: deps
 deps: uv
 	@$(UV) sync --frozen --quiet 2>/dev/null || $(UV) sync --quiet
 
+# Java (Kafka's jars), Maven (to fetch them) and Go (to build FerretDB) come from Debian when missing.
+.PHONY: toolchains
+toolchains:
+	@missing=""; \
+	command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
+	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
+	command -v go >/dev/null 2>&1 || missing="$$missing golang-go"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
 .PHONY: infra-install
-infra-install:
+infra-install: toolchains
 	@bash $(INFRA) install
+
+.PHONY: run
+run: deps infra-install
+	@bash $(INFRA) start
+	@$(UV) run python deploy/local/stack.py up
 
 .PHONY: lint
 lint: deps
@@ -39,9 +57,13 @@ test: deps infra-install lint
 
 .PHONY: down
 down:
-	-@bash deploy/local/stack.sh stop 2>/dev/null || true
+	-@$(UV) run python deploy/local/stack.py down
 	@bash $(INFRA) stop
 
 .PHONY: wipe
 wipe: down
 	@bash $(INFRA) wipe
+
+.PHONY: bench
+bench: deps infra-install
+	$(UV) run python -m bench.ingest

@@ -1,6 +1,7 @@
 """waflow-admin: put and list Meta apps and tenants on tenants.v1, issue API keys, create topics.
 
     waflow-admin topics create
+    waflow-admin topics tail TOPIC [--from-beginning] [--limit N]   print a topic's events as JSON lines
     waflow-admin app put FILE            FILE: {"app_id", "name", "app_secret", "verify_token"}
     waflow-admin app list
     waflow-admin tenant put FILE         FILE: {"tenant_id", "name", "app_id", "phone_numbers": [...],
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -144,6 +146,42 @@ class Admin:
         return issued
 
 
+async def tail(settings: CommonSettings, topic: str, *, from_beginning: bool, limit: int) -> None:
+    """Prints each record as one JSON line: its key, headers and value (events are JSON already)."""
+    name = settings.topic(topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(name, p) for p in cluster.partitions_for_topic(name) or ()]
+        if not partitions:
+            raise AdminError(f"topic {name} does not exist")
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        printed = 0
+        async for record in consumer:
+            try:
+                value: Any = json.loads(record.value) if record.value is not None else None
+            except ValueError:
+                value = record.value.decode("utf-8", "replace") if record.value else None
+            line = {
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": record.key.decode("utf-8", "replace") if record.key else None,
+                "headers": {k: v.decode("utf-8", "replace") for k, v in record.headers or ()},
+                "value": value,
+            }
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+            printed += 1
+            if limit and printed >= limit:
+                return
+    finally:
+        await consumer.stop()
+
+
 def _key_record(plain: str, label: str, now: datetime) -> ApiKeyRecord:
     return ApiKeyRecord(key_id=uuid.uuid4().hex[:12], sha256=hash_api_key(plain), label=label, created_at=now)
 
@@ -171,9 +209,12 @@ async def _run(args: argparse.Namespace) -> int:
     if args.area == "keygen":
         print(generate_key())
         return 0
-    if args.area == "topics":
+    if args.area == "topics" and args.action == "create":
         created = await ensure_topics(settings)
         print(json.dumps({"created": created}))
+        return 0
+    if args.area == "topics":
+        await tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.limit)
         return 0
     async with Admin(settings) as admin:
         if args.area == "app" and args.action == "put":
@@ -207,7 +248,12 @@ def _parser() -> argparse.ArgumentParser:
     areas = parser.add_subparsers(dest="area", required=True)
     areas.add_parser("keygen", help="print a new WAFLOW_SECRETS_KEY")
     topics_p = areas.add_parser("topics", help="create the contract's topics")
-    topics_p.add_subparsers(dest="action", required=True).add_parser("create")
+    topic_actions = topics_p.add_subparsers(dest="action", required=True)
+    topic_actions.add_parser("create")
+    tail_p = topic_actions.add_parser("tail", help="follow a topic (name without the deployment's prefix)")
+    tail_p.add_argument("topic")
+    tail_p.add_argument("--from-beginning", action="store_true")
+    tail_p.add_argument("--limit", type=int, default=0, help="stop after N records (0: follow forever)")
     for area in ("app", "tenant"):
         sub = areas.add_parser(area).add_subparsers(dest="action", required=True)
         sub.add_parser("put").add_argument("file")

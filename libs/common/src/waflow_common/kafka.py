@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
@@ -227,9 +228,32 @@ async def ensure_topics(settings: CommonSettings, specs: Sequence[topics.TopicSp
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
             created = [t.name for t in new]
+            await _wait_for_leaders(settings, created)
     finally:
         await admin.close()
     return created
+
+
+async def _wait_for_leaders(settings: CommonSettings, names: list[str], timeout: float = 15.0) -> None:
+    """A new topic takes a moment to elect its partition leaders; until then clients log errors and retry."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            cluster = await consumer._client.fetch_all_metadata()
+            if all(
+                cluster.partitions_for_topic(name)
+                and all(
+                    cluster.leader_for_partition(TopicPartition(name, p)) not in (None, -1)
+                    for p in cluster.partitions_for_topic(name) or ()
+                )
+                for name in names
+            ):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
 
 
 async def kafka_reachable(settings: CommonSettings, timeout: float = 2.0) -> bool:
