@@ -1,0 +1,1 @@
+"""waflow's benchmarks: each prints figures; none asserts a duration."""

@@ -1,0 +1,216 @@
+"""Benchmark ingest against a bare FastAPI endpoint with the same signed webhooks, in one run.
+
+    uv run python -m bench.ingest [--duration 10] [--concurrency 32] [--rate 1000]
+
+Starts a Kafka of its own (unless KAFKA_BOOTSTRAP_SERVERS is set), ingest and the bare endpoint as separate
+uvicorn processes, then: a closed loop at fixed concurrency (throughput, and the ingest/bare ratio) and an open
+loop at a fixed rate (latency at that rate). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from waflow_common.admin import Admin, AppFile, TenantFile
+from waflow_common.events.tenants import PhoneNumber
+from waflow_common.kafka import ensure_topics
+from waflow_common.secrets import generate_key
+from waflow_common.settings import CommonSettings
+
+from bench.loadgen import Result, build_request, closed_loop, open_loop
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "deploy" / "local" / "infra.sh"
+APP_ID, SECRET, NUMBER, WABA = "900100200300", "bench-app-secret", "900000000000001", "900000000000002"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def webhook(i: int) -> bytes:
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WABA,
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "15550001234", "phone_number_id": NUMBER},
+                            "contacts": [{"profile": {"name": "Bench Customer"}, "wa_id": f"1555{i % 100000:07d}"}],
+                            "messages": [
+                                {
+                                    "from": f"1555{i % 100000:07d}",
+                                    "id": f"wamid.bench{uuid.uuid4().hex}",
+                                    "timestamp": str(int(time.time())),
+                                    "type": "text",
+                                    "text": {"body": f"message {i}"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def signed_request(port: int) -> object:
+    def make(i: int) -> bytes:
+        body = webhook(i)
+        signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        return build_request(
+            "127.0.0.1", port, f"/webhooks/whatsapp/{APP_ID}", body, {"X-Hub-Signature-256": signature}
+        )
+
+    return make
+
+
+async def wait_healthy(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/docs")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+async def seed(settings: CommonSettings) -> None:
+    await ensure_topics(settings)
+    async with Admin(settings) as admin:
+        await admin.put_app(AppFile(app_id=APP_ID, name="bench", app_secret=SECRET, verify_token="bench-verify"))
+        while admin.registry.app(APP_ID) is None:
+            await asyncio.sleep(0.05)
+        await admin.put_tenant(
+            TenantFile(
+                tenant_id="bench",
+                name="Bench",
+                app_id=APP_ID,
+                access_token="bench-access-token",
+                phone_numbers=[PhoneNumber(phone_number_id=NUMBER, waba_id=WABA, display_phone_number="15550001234")],
+                api_keys=["wf_bench"],
+            )
+        )
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
+    ingest_port, bare_port = free_port(), free_port()
+    bin_dir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen([str(bin_dir / "waflow-ingest")], env=env | {"INGEST_PORT": str(ingest_port)}),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.ingest.bare:app",
+                "--port",
+                str(bare_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env=env,
+            cwd=REPO,
+        ),
+    ]
+    try:
+        await asyncio.gather(wait_healthy(ingest_port), wait_healthy(bare_port))
+        targets = {"ingest": ingest_port, "bare FastAPI": bare_port}
+        for name, port in targets.items():  # warm-up: connections, caches, JIT-free but lazy imports
+            await closed_loop("127.0.0.1", port, signed_request(port), concurrency=8, duration_s=2)  # type: ignore[arg-type]
+        closed: dict[str, Result] = {}
+        opened: dict[str, Result] = {}
+        for name, port in targets.items():
+            closed[name] = await closed_loop(
+                "127.0.0.1",
+                port,
+                signed_request(port),  # type: ignore[arg-type]
+                concurrency=args.concurrency,
+                duration_s=args.duration,
+            )
+        for name, port in targets.items():
+            opened[name] = await open_loop(
+                "127.0.0.1",
+                port,
+                signed_request(port),  # type: ignore[arg-type]
+                rate=args.rate,
+                duration_s=args.duration,
+                connections=args.concurrency,
+            )
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+    print(f"\nclosed loop, concurrency {args.concurrency}, {args.duration:.0f} s each")
+    for name, result in closed.items():
+        print("  " + result.summary(name))
+    ratio = closed["ingest"].requests_per_s / max(closed["bare FastAPI"].requests_per_s, 1e-9)
+    print(f"  throughput ratio ingest / bare: {ratio:.2f}   (target >= 0.5)")
+    print(f"\nopen loop at {args.rate:.0f} webhooks/s, {args.duration:.0f} s each (latency from when each was due)")
+    for name, result in opened.items():
+        print("  " + result.summary(name))
+    print(f"  ingest p99 at {args.rate:.0f}/s: {opened['ingest'].pct(99):.1f} ms   (target < 50 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    args = parser.parse_args()
+
+    run = uuid.uuid4().hex[:6]
+    env = dict(os.environ) | {
+        "WAFLOW_SECRETS_KEY": generate_key(),
+        "WAFLOW_TOPIC_PREFIX": f"bench{run}.",
+        "LOG_LEVEL": "WARNING",
+    }
+    infra_env = env | {
+        "WAFLOW_DATA": str(REPO / ".data" / "bench"),
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+    }
+    own_kafka = "KAFKA_BOOTSTRAP_SERVERS" not in os.environ
+    if own_kafka:
+        subprocess.run(["bash", str(INFRA), "wipe"], env=infra_env, check=True)
+        subprocess.run(["bash", str(INFRA), "start", "kafka"], env=infra_env, check=True)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{infra_env['KAFKA_PORT']}"
+    try:
+        settings = CommonSettings.model_validate(
+            {k.lower(): v for k, v in env.items() if k.lower() in CommonSettings.model_fields}
+        )
+        asyncio.run(seed(settings))
+        asyncio.run(measure(args, env))
+    finally:
+        if own_kafka:
+            subprocess.run(["bash", str(INFRA), "wipe"], env=infra_env, check=False)
+
+
+if __name__ == "__main__":
+    main()
