@@ -32,7 +32,8 @@ class Result:
     def summary(self, label: str) -> str:
         return (
             f"{label:<28} {self.requests_per_s:9.0f} req/s   p50 {self.pct(50):7.2f} ms   "
-            f"p95 {self.pct(95):7.2f} ms   p99 {self.pct(99):7.2f} ms   mean {statistics.fmean(self.latencies_ms or [0]):6.2f} ms"
+            f"p95 {self.pct(95):7.2f} ms   p99 {self.pct(99):7.2f} ms   "
+            f"mean {statistics.fmean(self.latencies_ms or [0]):6.2f} ms"
             f"   ok {len(self.latencies_ms)}   errors {sum(self.errors.values())} {dict(self.errors) or ''}"
         )
 

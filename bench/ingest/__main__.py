@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -74,7 +75,7 @@ def webhook(i: int) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def signed_request(port: int) -> object:
+def signed_request(port: int) -> Callable[[int], bytes]:
     def make(i: int) -> bytes:
         body = webhook(i)
         signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -140,15 +141,15 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
     try:
         await asyncio.gather(wait_healthy(ingest_port), wait_healthy(bare_port))
         targets = {"ingest": ingest_port, "bare FastAPI": bare_port}
-        for name, port in targets.items():  # warm-up: connections, caches, JIT-free but lazy imports
-            await closed_loop("127.0.0.1", port, signed_request(port), concurrency=8, duration_s=2)  # type: ignore[arg-type]
+        for port in targets.values():  # warm-up: connections and lazy imports
+            await closed_loop("127.0.0.1", port, signed_request(port), concurrency=8, duration_s=2)
         closed: dict[str, Result] = {}
         opened: dict[str, Result] = {}
         for name, port in targets.items():
             closed[name] = await closed_loop(
                 "127.0.0.1",
                 port,
-                signed_request(port),  # type: ignore[arg-type]
+                signed_request(port),
                 concurrency=args.concurrency,
                 duration_s=args.duration,
             )
@@ -156,7 +157,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             opened[name] = await open_loop(
                 "127.0.0.1",
                 port,
-                signed_request(port),  # type: ignore[arg-type]
+                signed_request(port),
                 rate=args.rate,
                 duration_s=args.duration,
                 connections=args.concurrency,
