@@ -48,7 +48,8 @@ run: deps infra-install
 lint: deps
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy $(PACKAGES) bench deploy/local/stack.py
+	$(UV) run mypy $(PACKAGES)
+	$(UV) run mypy bench deploy/local/stack.py
 	$(UV) run lint-imports
 
 .PHONY: test
