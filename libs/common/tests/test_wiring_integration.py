@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -20,9 +21,16 @@ from waflow_common.outbox import OutboxRelay, outbox_entry
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
-from waflow_testing.fixtures import SeededTenant, TopicReader
+from waflow_testing.fixtures import SeededTenant, TopicReader, put_test_tenant
 
 pytestmark = pytest.mark.integration
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
 
 
 def note(text: str, tenant_id: str = "tenant-a") -> NoteAddedEvent:
@@ -64,6 +72,21 @@ async def test_registry_follows_tenants_live(
             await asyncio.sleep(0.05)
         assert registry.tenant_for_api_key(issued).tenant_id == "tenant-b"  # type: ignore[union-attr]
         assert registry.tenant_for_api_key(tenants[1].api_key) is not None  # the old key still works
+
+        gone = dataclasses.replace(
+            tenants[0],
+            tenant_id=f"gone-{uuid.uuid4().hex[:6]}",
+            api_key=f"wf_{uuid.uuid4().hex}",
+            phone_number_id=str(uuid.uuid4().int)[:15],
+            waba_id=str(uuid.uuid4().int)[:15],
+        )
+        await put_test_tenant(admin, gone)
+        await eventually(lambda: registry.tenant_for_api_key(gone.api_key) is not None)
+        await eventually(lambda: admin.registry.tenant(gone.tenant_id) is not None)
+        await admin.delete_tenant(gone.tenant_id)  # a tombstone on the compacted topic
+        await eventually(lambda: registry.tenant(gone.tenant_id) is None)
+        assert registry.tenant_for_api_key(gone.api_key) is None
+        assert registry.tenant_for_number(gone.phone_number_id) is None
     finally:
         await registry.stop()
 

@@ -4,9 +4,11 @@
     waflow-admin topics tail TOPIC [--from-beginning] [--limit N]   print a topic's events as JSON lines
     waflow-admin app put FILE            FILE: {"app_id", "name", "app_secret", "verify_token"}
     waflow-admin app list
+    waflow-admin app delete APP_ID
     waflow-admin tenant put FILE         FILE: {"tenant_id", "name", "app_id", "phone_numbers": [...],
                                                 "access_token", "api_keys"?: [plain keys], ...}
     waflow-admin tenant list
+    waflow-admin tenant delete TENANT_ID  (its API keys stop working at once; its data stays in the services)
     waflow-admin tenant key add TENANT_ID [--label L]
     waflow-admin keygen                  print a new WAFLOW_SECRETS_KEY
 
@@ -29,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from waflow_common import topics
 from waflow_common.events.tenants import (
     TENANT_ID_PATTERN,
     ApiKeyRecord,
@@ -134,6 +137,19 @@ class Admin:
         await self.publisher.publish(TenantUpsertedEvent.new(tenant_id=spec.tenant_id, payload=record))
         return record, issued
 
+    async def delete_tenant(self, tenant_id: str) -> None:
+        if self.registry.tenant(tenant_id) is None:
+            raise AdminError(f"tenant {tenant_id} does not exist")
+        await self.publisher.tombstone(topics.TENANTS, f"tenant:{tenant_id}")
+
+    async def delete_app(self, app_id: str) -> None:
+        if self.registry.app(app_id) is None:
+            raise AdminError(f"app {app_id} does not exist")
+        users = [t.tenant_id for t in self.registry.tenants() if t.record.app_id == app_id]
+        if users:
+            raise AdminError(f"app {app_id} still serves tenants {', '.join(sorted(users))}")
+        await self.publisher.tombstone(topics.TENANTS, f"app:{app_id}")
+
     async def add_key(self, tenant_id: str, label: str) -> str:
         tenant = self.registry.tenant(tenant_id)
         if tenant is None:
@@ -220,6 +236,12 @@ async def _run(args: argparse.Namespace) -> int:
         if args.area == "app" and args.action == "put":
             app = await admin.put_app(AppFile.model_validate(_load(args.file)))
             print(json.dumps({"app_id": app.app_id, "name": app.name}))
+        elif args.area == "app" and args.action == "delete":
+            await admin.delete_app(args.app_id)
+            print(json.dumps({"deleted": args.app_id}))
+        elif args.area == "tenant" and args.action == "delete":
+            await admin.delete_tenant(args.tenant_id)
+            print(json.dumps({"deleted": args.tenant_id}))
         elif args.area == "app":
             print(json.dumps([{"app_id": a.app_id, "name": a.name} for a in admin.registry.apps()], indent=2))
         elif args.area == "tenant" and args.action == "put":
@@ -258,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = areas.add_parser(area).add_subparsers(dest="action", required=True)
         sub.add_parser("put").add_argument("file")
         sub.add_parser("list")
+        sub.add_parser("delete").add_argument(f"{area}_id")
         if area == "tenant":
             key = sub.add_parser("key").add_subparsers(dest="key_action", required=True).add_parser("add")
             key.add_argument("tenant_id")

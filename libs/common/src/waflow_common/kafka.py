@@ -84,6 +84,16 @@ class EventPublisher:
         except (TimeoutError, KafkaError) as exc:
             raise PublishError(f"Kafka did not acknowledge {len(events)} record(s): {exc!r}") from exc
 
+    async def tombstone(self, topic: str, key: str) -> None:
+        """A null value: on a compacted topic it removes the key once the log is cleaned."""
+        try:
+            await asyncio.wait_for(
+                self._broker.publish(None, self._settings.topic(topic), key=key.encode()),
+                timeout=self._settings.kafka_publish_timeout_seconds,
+            )
+        except (TimeoutError, KafkaError) as exc:
+            raise PublishError(f"Kafka did not acknowledge a tombstone for {topic}: {exc!r}") from exc
+
     async def publish_raw(self, topic: str, value: bytes, *, key: bytes | None, headers: dict[str, str]) -> None:
         try:
             await asyncio.wait_for(
