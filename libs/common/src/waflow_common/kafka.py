@@ -49,7 +49,7 @@ def make_broker(settings: CommonSettings, *, client_id: str) -> KafkaBroker:
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
-        linger_ms=2,
+        linger_ms=0,  # measured: any linger adds its full delay to every acknowledged send at our rates
         request_timeout_ms=int(settings.kafka_publish_timeout_seconds * 1000),
         logger=None,
     )
