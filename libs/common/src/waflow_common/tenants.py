@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from waflow_common import topics
@@ -172,7 +173,13 @@ class TenantRegistry:
 
         async def follow() -> None:
             while True:
-                batches = await consumer.getmany(timeout_ms=500)
+                try:
+                    batches = await consumer.getmany(timeout_ms=500)
+                except KafkaError as exc:
+                    # The registry must outlive a broker restart: keep serving what is known and read on later.
+                    log.warning("tenants.v1 unreadable; retrying", extra={"error": repr(exc)})
+                    await asyncio.sleep(1.0)
+                    continue
                 for records in batches.values():
                     for record in records:
                         key = record.key.decode() if record.key is not None else None
