@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 from waflow_common.events.envelope import Clock
 from waflow_common.events.outbound import OutgoingMessage, TemplateMessage, TextMessage
 from waflow_common.http import ERROR_RESPONSES, error_body, tenant_dependency
-from waflow_common.outbox import OutboxRelay
 from waflow_common.tenants import Tenant, TenantRegistry
 
 from waflow_conversation import domain
 from waflow_conversation.handlers import WindowSweeper
+from waflow_conversation.outbox_relay import OutboxRelay
 from waflow_conversation.repository import ChatFilter, ChatNotFound, ChatRepository, new_request_id
 from waflow_conversation.repository_messages import MessageNotFound, MessageRepository, NoteRepository
 from waflow_conversation.schemas import (
@@ -148,9 +148,7 @@ async def open_chat(tenant: CurrentTenant, ctx: Context, body: NewChat, response
     if contact is not None and contact["view"].get("blacklisted"):
         raise domain.ContactBlacklisted("this contact is blacklisted (deleted) and is never messaged")
     chat, created = await ctx.chats.open_by_phone(tenant.tenant_id, phone_number_id, wa_id, body.opened_by)
-    if created:
-        ctx.relay.notify()
-    else:
+    if not created:
         response.status_code = 200
     return ChatOut.from_doc(chat, ctx.clock())
 
@@ -169,8 +167,6 @@ async def mark_all_read(
     for chat_id in await ctx.chats.unread_chat_ids(tenant.tenant_id):
         await ctx.chats.mark_read(tenant.tenant_id, chat_id, by)
         marked += 1
-    if marked:
-        ctx.relay.notify()
     return MarkedAllRead(chats_marked_read=marked)
 
 
@@ -196,7 +192,6 @@ async def mark_read(
     tenant: CurrentTenant, ctx: Context, chat_id: ChatId, body: Annotated[ReadBy | None, Body()] = None
 ) -> ChatOut:
     chat = await ctx.chats.mark_read(tenant.tenant_id, chat_id, body.by if body else "api")
-    ctx.relay.notify()
     return ChatOut.from_doc(chat, ctx.clock())
 
 
@@ -304,7 +299,6 @@ async def send_message(
             requested_by=body.requested_by,
             correlation_id=getattr(request.state, "correlation_id", None),
         )
-        ctx.relay.notify()
     view = await ctx.messages.get(tenant_id, chat_id, stored["_id"])
     return SendAcceptedOut(request_id=request_id, message=MessageOut.from_doc(view))
 
@@ -344,7 +338,6 @@ async def mark_message_unread(
     await ctx.chats.get(tenant.tenant_id, chat_id)
     await ctx.messages.mark_unread(tenant.tenant_id, chat_id, message_id)
     chat = await ctx.chats.mark_unread(tenant.tenant_id, chat_id, body.by if body else "api")
-    ctx.relay.notify()
     return ChatOut.from_doc(chat, ctx.clock())
 
 
@@ -363,7 +356,6 @@ async def add_note(request: Request, tenant: CurrentTenant, ctx: Context, chat_i
     chat = await ctx.chats.get(tenant.tenant_id, chat_id)
     note_id = "note_" + uuid.uuid4().hex[:20]
     doc = await ctx.notes.add(chat, note_id, body.author, body.text, getattr(request.state, "correlation_id", None))
-    ctx.relay.notify()
     return NoteOut.from_doc(doc)
 
 

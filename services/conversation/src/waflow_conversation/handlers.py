@@ -16,7 +16,6 @@ from waflow_common.events.envelope import Clock
 from waflow_common.events.inbound import InboundEvent, MessageReceivedEvent, MessageStatusEvent, inbound_adapter
 from waflow_common.events.outbound import OutboundResult, SendAcceptedEvent, outbound_result_adapter
 from waflow_common.kafka import TRANSIENT_ERRORS, Consumer
-from waflow_common.outbox import OutboxRelay
 from waflow_common.tenants import TenantRegistry
 
 from waflow_conversation.repository import Cause, ChatRepository
@@ -44,10 +43,9 @@ def _tenant(event: Any) -> str:
 
 
 class ConversationHandlers:
-    def __init__(self, chats: ChatRepository, messages: MessageRepository, relay: OutboxRelay) -> None:
+    def __init__(self, chats: ChatRepository, messages: MessageRepository) -> None:
         self._chats = chats
         self._messages = messages
-        self._relay = relay
 
     def subscribe(self, consumer: Consumer, *, workers: int) -> None:
         # One worker per partition group keeps per-chat order (records of one customer share a partition).
@@ -61,7 +59,6 @@ class ConversationHandlers:
         if isinstance(event, MessageReceivedEvent):
             cause = Cause(event.correlation_id, event.event_id)
             await self._messages.record_inbound(_tenant(event), event.payload, cause)
-            self._relay.notify()
         elif isinstance(event, MessageStatusEvent):
             await self._messages.apply_status(_tenant(event), event.payload, str(event.event_id))
         # template.status and account.update concern outbound and operators, not chats.
@@ -85,14 +82,12 @@ class WindowSweeper:
         self,
         chats: ChatRepository,
         registry: TenantRegistry,
-        relay: OutboxRelay,
         clock: Clock,
         *,
         interval_seconds: float,
     ) -> None:
         self._chats = chats
         self._registry = registry
-        self._relay = relay
         self._clock = clock
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
@@ -105,7 +100,6 @@ class WindowSweeper:
             announced += await self._chats.sweep_windows(tenant.tenant_id, now, lead)
         if announced:
             WINDOW_EVENTS.inc(announced)
-            self._relay.notify()
         return announced
 
     async def run(self) -> None:

@@ -14,13 +14,13 @@ from waflow_common.http import health_router, install_correlation, install_error
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
-from waflow_common.outbox import OutboxRelay
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
 from waflow_conversation.api import ConversationContext, install_domain_errors, router
 from waflow_conversation.handlers import GROUP_ID, ConversationHandlers, WindowSweeper
+from waflow_conversation.outbox_relay import OutboxRelay
 from waflow_conversation.repository import ChatRepository, Collections
 from waflow_conversation.repository_messages import MessageRepository, NoteRepository
 
@@ -41,12 +41,12 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
     mongo = make_mongo_client(settings)
     collections = Collections(service_database(mongo, settings, DATABASE))
-    chats = ChatRepository(collections, clock)
-    messages = MessageRepository(collections, chats, clock)
-    notes = NoteRepository(collections, clock)
-    relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings))
-    sweeper = WindowSweeper(chats, registry, relay, clock, interval_seconds=settings.conversation_sweep_seconds)
-    handlers = ConversationHandlers(chats, messages, relay)
+    relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings), collections.locks)
+    chats = ChatRepository(collections, clock, relay.notify)
+    messages = MessageRepository(collections, chats, clock, relay.notify)
+    notes = NoteRepository(collections, clock, relay.notify)
+    sweeper = WindowSweeper(chats, registry, clock, interval_seconds=settings.conversation_sweep_seconds)
+    handlers = ConversationHandlers(chats, messages)
     handlers.subscribe(Consumer(broker, settings, group_id=GROUP_ID), workers=settings.conversation_consumer_workers)
 
     @asynccontextmanager

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +38,7 @@ from waflow_common.events.inbound import MessageReceived
 from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
+from waflow_conversation.outbox_relay import KeyedLocks
 
 Document = dict[str, Any]
 
@@ -81,6 +84,8 @@ class Collections:
     """The service's collections and their indexes (created at start; idempotent)."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
+        # Shared by every writer of these collections and the outbox relay (see outbox_relay).
+        self.locks = KeyedLocks()
         self.chats: AsyncCollection[Document] = db["chats"]
         self.messages: AsyncCollection[Document] = db["messages"]
         self.notes: AsyncCollection[Document] = db["notes"]
@@ -107,8 +112,11 @@ class Collections:
         await self.contacts.create_index([("tenant_id", ASCENDING), ("wa_id", ASCENDING)], unique=True)
         await self.orphan_statuses.create_index([("tenant_id", ASCENDING), ("wamid", ASCENDING)])
 
-    def with_outbox(self) -> list[AsyncCollection[Document]]:
-        return [self.chats, self.messages, self.notes]
+    def with_outbox(self) -> dict[str, AsyncCollection[Document]]:
+        return {"chats": self.chats, "messages": self.messages, "notes": self.notes}
+
+    def hold(self, collection: str, doc_id: str) -> AbstractAsyncContextManager[None]:
+        return self.locks.hold(f"{collection}:{doc_id}")
 
 
 def contact_view(snapshot: ContactSnapshot) -> Document:
@@ -143,10 +151,14 @@ def next_cursor(items: list[Document], limit: int, field: str = "at") -> tuple[l
     return items, domain.encode_cursor(last[field], last["_id"])
 
 
+Parked = Callable[[str, str], None]
+
+
 class ChatRepository:
-    def __init__(self, collections: Collections, clock: Clock) -> None:
+    def __init__(self, collections: Collections, clock: Clock, parked: Parked) -> None:
         self._c = collections
         self._clock = clock
+        self._parked = parked
 
     # --- reading ------------------------------------------------------------------------------------------
     async def get(self, tenant_id: str, chat_id: str) -> Document:
@@ -208,9 +220,10 @@ class ChatRepository:
                 return await self.get(tenant_id, chat_id)
             await self._copy_contact(tenant_id, chat_id, wa_id)
         elif profile_name and chat.get("profile_name") != profile_name:
-            await self._c.chats.update_one(
-                {"tenant_id": tenant_id, "_id": chat_id}, {"$set": {"profile_name": profile_name}}
-            )
+            async with self._c.hold("chats", chat_id):
+                await self._c.chats.update_one(
+                    {"tenant_id": tenant_id, "_id": chat_id}, {"$set": {"profile_name": profile_name}}
+                )
         return chat
 
     async def open_by_phone(
@@ -239,6 +252,7 @@ class ChatRepository:
             await self._c.chats.insert_one(chat)
         except DuplicateKeyError:
             return await self.get(tenant_id, chat_id), False
+        self._parked("chats", chat_id)
         await self._copy_contact(tenant_id, chat_id, wa_id)
         return await self.get(tenant_id, chat_id), True
 
@@ -273,10 +287,11 @@ class ChatRepository:
         contact = await self.contact(tenant_id, wa_id)
         if contact is None:
             return
-        await self._c.chats.update_one(
-            {"tenant_id": tenant_id, "_id": chat_id, "contact_version": {"$lt": contact["version"]}},
-            {"$set": {"contact": contact["view"], "contact_version": contact["version"]}},
-        )
+        async with self._c.hold("chats", chat_id):
+            await self._c.chats.update_one(
+                {"tenant_id": tenant_id, "_id": chat_id, "contact_version": {"$lt": contact["version"]}},
+                {"$set": {"contact": contact["view"], "contact_version": contact["version"]}},
+            )
 
     # --- the contacts projection ---------------------------------------------------------------------------
     async def apply_contact(self, tenant_id: str, snapshot: ContactSnapshot) -> None:
@@ -288,16 +303,25 @@ class ChatRepository:
                 {"$set": {"wa_id": snapshot.wa_id, "version": snapshot.version, "view": view}},
                 upsert=True,
             )
-        await self._c.chats.update_many(
-            {"tenant_id": tenant_id, "wa_id": snapshot.wa_id, "contact_version": {"$lt": snapshot.version}},
-            {"$set": {"contact": view, "contact_version": snapshot.version}},
-        )
+        chats = await self._c.chats.find({"tenant_id": tenant_id, "wa_id": snapshot.wa_id}, {"_id": 1}).to_list()
+        for chat in chats:
+            async with self._c.hold("chats", chat["_id"]):
+                await self._c.chats.update_one(
+                    {"tenant_id": tenant_id, "_id": chat["_id"], "contact_version": {"$lt": snapshot.version}},
+                    {"$set": {"contact": view, "contact_version": snapshot.version}},
+                )
 
     # --- inbound messages ------------------------------------------------------------------------------------
     async def apply_inbound(
         self, chat_id: str, tenant_id: str, message_id: str, m: MessageReceived, cause: Cause | None = None
     ) -> None:
         """Counts the message once, moves activity, preview and window; announces a window (re)opening."""
+        async with self._c.hold("chats", chat_id):
+            await self._apply_inbound(chat_id, tenant_id, message_id, m, cause)
+
+    async def _apply_inbound(
+        self, chat_id: str, tenant_id: str, message_id: str, m: MessageReceived, cause: Cause | None
+    ) -> None:
         for _ in range(MAX_ATTEMPTS):
             chat = await self.get(tenant_id, chat_id)
             if message_id in chat.get("applied", ()):
@@ -314,6 +338,8 @@ class ChatRepository:
             update = self._inbound_update(chat, message_id, m, cause)
             result = await self._c.chats.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
             if result is not None:
+                if "outbox" in update["$push"]:
+                    self._parked("chats", chat_id)
                 applied: list[str] = result.get("applied", [])
                 if len(applied) > APPLIED_KEEP:
                     stale = applied[: len(applied) - APPLIED_KEEP // 2]
@@ -403,15 +429,16 @@ class ChatRepository:
     async def note_outbound(self, tenant_id: str, chat_id: str, last_message: Document) -> None:
         """An agent's message moves the chat's activity and preview (never backwards)."""
         at: datetime = last_message["at"]
-        await self._c.chats.update_one(
-            {
-                "tenant_id": tenant_id,
-                "_id": chat_id,
-                "$or": [{"last_message_at": None}, {"last_message_at": {"$lte": at}}],
-            },
-            {"$set": {"last_message": last_message, "last_message_at": at}},
-        )
-        await self._c.chats.update_one({"tenant_id": tenant_id, "_id": chat_id}, {"$max": {"last_activity_at": at}})
+        async with self._c.hold("chats", chat_id):
+            await self._c.chats.update_one(
+                {
+                    "tenant_id": tenant_id,
+                    "_id": chat_id,
+                    "$or": [{"last_message_at": None}, {"last_message_at": {"$lte": at}}],
+                },
+                {"$set": {"last_message": last_message, "last_message_at": at}},
+            )
+            await self._c.chats.update_one({"tenant_id": tenant_id, "_id": chat_id}, {"$max": {"last_activity_at": at}})
 
     # --- read state --------------------------------------------------------------------------------------------
     async def mark_read(self, tenant_id: str, chat_id: str, read_by: str) -> Document:
@@ -419,6 +446,19 @@ class ChatRepository:
 
         Conditional on the count and wamid it read, so an inbound message counted meanwhile is never lost.
         """
+        async with self._c.hold("chats", chat_id):
+            chat = await self._mark_read(tenant_id, chat_id, read_by)
+        marked = await self._c.messages.find(
+            {"tenant_id": tenant_id, "chat_id": chat_id, "manual_unread": True}, {"_id": 1}
+        ).to_list()
+        for message in marked:
+            async with self._c.hold("messages", message["_id"]):
+                await self._c.messages.update_one(
+                    {"tenant_id": tenant_id, "_id": message["_id"]}, {"$set": {"manual_unread": False}}
+                )
+        return chat
+
+    async def _mark_read(self, tenant_id: str, chat_id: str, read_by: str) -> Document:
         for _ in range(MAX_ATTEMPTS):
             chat = await self.get(tenant_id, chat_id)
             if chat["unread_count"] == 0 and not chat.get("manual_unread"):
@@ -448,10 +488,7 @@ class ChatRepository:
                 return_document=ReturnDocument.AFTER,
             )
             if result is not None:
-                await self._c.messages.update_many(
-                    {"tenant_id": tenant_id, "chat_id": chat_id, "manual_unread": True},
-                    {"$set": {"manual_unread": False}},
-                )
+                self._parked("chats", chat_id)
                 return result
         raise ConcurrentUpdate(f"chat {chat_id} kept changing")
 
@@ -463,6 +500,10 @@ class ChatRepository:
 
     async def mark_unread(self, tenant_id: str, chat_id: str, marked_by: str) -> Document:
         """At least one unread, so the chat stays unread until someone reads it; announces chat.unread."""
+        async with self._c.hold("chats", chat_id):
+            return await self._mark_unread(tenant_id, chat_id, marked_by)
+
+    async def _mark_unread(self, tenant_id: str, chat_id: str, marked_by: str) -> Document:
         for _ in range(MAX_ATTEMPTS):
             chat = await self.get(tenant_id, chat_id)
             count = max(chat["unread_count"], 1)
@@ -483,6 +524,7 @@ class ChatRepository:
                 return_document=ReturnDocument.AFTER,
             )
             if result is not None:
+                self._parked("chats", chat_id)
                 return result
         raise ConcurrentUpdate(f"chat {chat_id} kept changing")
 
@@ -505,16 +547,19 @@ class ChatRepository:
                 continue
             cls = WindowClosedEvent if phase == "closed" else WindowClosingEvent
             event = self._window_event(cls, chat, expires, at=expires if phase == "closed" else now)
-            result = await self._c.chats.update_one(
-                {
-                    "tenant_id": tenant_id,
-                    "_id": chat["_id"],
-                    "window_state": chat["window_state"],
-                    "window_expires_at": expires,
-                },
-                {"$set": {"window_state": phase}, "$push": {"outbox": outbox_entry(event)}},
-            )
-            announced += result.modified_count
+            async with self._c.hold("chats", chat["_id"]):
+                result = await self._c.chats.update_one(
+                    {
+                        "tenant_id": tenant_id,
+                        "_id": chat["_id"],
+                        "window_state": chat["window_state"],
+                        "window_expires_at": expires,
+                    },
+                    {"$set": {"window_state": phase}, "$push": {"outbox": outbox_entry(event)}},
+                )
+            if result.modified_count:
+                self._parked("chats", chat["_id"])
+                announced += 1
         return announced
 
 

@@ -31,6 +31,7 @@ from waflow_conversation.repository import (
     ConcurrentUpdate,
     Document,
     Page,
+    Parked,
     next_cursor,
     page_filter,
 )
@@ -89,10 +90,11 @@ def _visible_state(message: Document, reports: list[Document]) -> Document:
 
 
 class MessageRepository:
-    def __init__(self, collections: Collections, chats: ChatRepository, clock: Clock) -> None:
+    def __init__(self, collections: Collections, chats: ChatRepository, clock: Clock, parked: Parked) -> None:
         self._c = collections
         self._chats = chats
         self._clock = clock
+        self._parked = parked
 
     # --- inbound -------------------------------------------------------------------------------------------------
     async def record_inbound(self, tenant_id: str, m: MessageReceived, cause: Cause | None = None) -> str:
@@ -125,7 +127,8 @@ class MessageRepository:
             if existing is not None and existing.get("counted"):
                 return message_id
         await self._chats.apply_inbound(chat["_id"], tenant_id, message_id, m, cause)
-        await self._c.messages.update_one({"tenant_id": tenant_id, "_id": message_id}, {"$set": {"counted": True}})
+        async with self._c.hold("messages", message_id):
+            await self._c.messages.update_one({"tenant_id": tenant_id, "_id": message_id}, {"$set": {"counted": True}})
         return message_id
 
     # --- statuses ------------------------------------------------------------------------------------------------
@@ -155,6 +158,10 @@ class MessageRepository:
         await self._c.orphan_statuses.delete_many({"tenant_id": tenant_id, "_id": {"$in": [o["_id"] for o in orphans]}})
 
     async def _merge_reports(self, tenant_id: str, message_id: str, new_reports: list[Document]) -> None:
+        async with self._c.hold("messages", message_id):
+            await self._merge_reports_held(tenant_id, message_id, new_reports)
+
+    async def _merge_reports_held(self, tenant_id: str, message_id: str, new_reports: list[Document]) -> None:
         for _ in range(MAX_ATTEMPTS):
             message = await self._c.messages.find_one({"tenant_id": tenant_id, "_id": message_id})
             if message is None:
@@ -179,12 +186,16 @@ class MessageRepository:
     async def accept(self, tenant_id: str, accepted: SendAccepted) -> None:
         """Outbound sent it: the wamid arrives, and any status that came first is applied now."""
         message_id = domain.outbound_message_id(tenant_id, accepted.request_id)
+        async with self._c.hold("messages", message_id):
+            await self._accept(tenant_id, message_id, accepted)
+        await self._adopt_orphans(tenant_id, accepted.wamid)
+
+    async def _accept(self, tenant_id: str, message_id: str, accepted: SendAccepted) -> None:
         for _ in range(MAX_ATTEMPTS):
             message = await self._c.messages.find_one({"tenant_id": tenant_id, "_id": message_id})
-            if message is None:
-                return  # not a request of ours (or of a tenant we never stored): nothing to show
-            if message["lifecycle_status"] != "pending":
-                break
+            if message is None or message["lifecycle_status"] != "pending":
+                # Not a request of ours, or already applied (a redelivery).
+                return
             now = self._clock()
             changed = message | {"lifecycle_status": "accepted", "lifecycle_at": now}
             result = await self._c.messages.update_one(
@@ -200,10 +211,8 @@ class MessageRepository:
                 },
             )
             if result.matched_count:
-                break
-        else:
-            raise ConcurrentUpdate(f"message {message_id} kept changing")
-        await self._adopt_orphans(tenant_id, accepted.wamid)
+                return
+        raise ConcurrentUpdate(f"message {message_id} kept changing")
 
     async def reject(self, tenant_id: str, rejected: SendRejected) -> None:
         message_id = domain.outbound_message_id(tenant_id, rejected.request_id)
@@ -211,20 +220,21 @@ class MessageRepository:
         if rejected.meta_error is not None:
             rejection |= {"code": rejected.meta_error.code, "title": rejected.meta_error.title}
         now = self._clock()
-        await self._c.messages.update_one(
-            {"tenant_id": tenant_id, "_id": message_id, "lifecycle_status": "pending"},
-            {
-                "$set": {
-                    "lifecycle_status": "failed",
-                    "lifecycle_at": now,
-                    "rejection": rejection,
-                    "status": "failed",
-                    "status_at": now,
-                    "failure": rejection,
+        async with self._c.hold("messages", message_id):
+            await self._c.messages.update_one(
+                {"tenant_id": tenant_id, "_id": message_id, "lifecycle_status": "pending"},
+                {
+                    "$set": {
+                        "lifecycle_status": "failed",
+                        "lifecycle_at": now,
+                        "rejection": rejection,
+                        "status": "failed",
+                        "status_at": now,
+                        "failure": rejection,
+                    },
+                    "$inc": {"rev": 1},
                 },
-                "$inc": {"rev": 1},
-            },
-        )
+            )
 
     # --- sending -------------------------------------------------------------------------------------------------
     async def find_request(self, tenant_id: str, request_id: str) -> Document | None:
@@ -301,6 +311,7 @@ class MessageRepository:
                     "this Idempotency-Key was already used for a different message"
                 ) from None
             return existing
+        self._parked("messages", message_id)
         await self._chats.note_outbound(
             tenant_id,
             chat["_id"],
@@ -401,18 +412,20 @@ class MessageRepository:
     # --- the agent's own view ---------------------------------------------------------------------------------
     async def hide(self, tenant_id: str, chat_id: str, message_id: str) -> None:
         """Delete for me: gone from this tenant's timeline; the customer's copy is untouched. Idempotent."""
-        result = await self._c.messages.update_one(
-            {"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id},
-            {"$set": {"hidden": True, "hidden_at": self._clock()}},
-        )
+        async with self._c.hold("messages", message_id):
+            result = await self._c.messages.update_one(
+                {"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id},
+                {"$set": {"hidden": True, "hidden_at": self._clock()}},
+            )
         if result.matched_count == 0:
             raise MessageNotFound(message_id)
 
     async def mark_unread(self, tenant_id: str, chat_id: str, message_id: str) -> None:
-        result = await self._c.messages.update_one(
-            {"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id, "hidden": False},
-            {"$set": {"manual_unread": True}},
-        )
+        async with self._c.hold("messages", message_id):
+            result = await self._c.messages.update_one(
+                {"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id, "hidden": False},
+                {"$set": {"manual_unread": True}},
+            )
         if result.matched_count == 0:
             raise MessageNotFound(message_id)
 
@@ -420,9 +433,10 @@ class MessageRepository:
 class NoteRepository:
     """Notes are append-only: there is no update or delete here, by design."""
 
-    def __init__(self, collections: Collections, clock: Clock) -> None:
+    def __init__(self, collections: Collections, clock: Clock, parked: Parked) -> None:
         self._c = collections
         self._clock = clock
+        self._parked = parked
 
     async def add(self, chat: Document, note_id: str, author: str, text: str, correlation_id: str | None) -> Document:
         now = self._clock()
@@ -450,6 +464,7 @@ class NoteRepository:
             "outbox": [outbox_entry(event)],
         }
         await self._c.notes.insert_one(doc)
+        self._parked("notes", note_id)
         return doc
 
     async def get(self, tenant_id: str, chat_id: str, note_id: str) -> Document | None:

@@ -1,0 +1,134 @@
+"""Per-document write locks and the relay that publishes events parked in chats, messages and notes.
+
+Two facts about FerretDB v1 shape this module (both measured against it):
+- an update is read-modify-write without isolation, so two concurrent updates of one document lose one (40
+  concurrent `$inc` end at 7). Every write to a document therefore holds that document's lock in this process;
+  on MongoDB the conditional updates alone would be enough.
+- `$pull` with a condition (`{"event_id": {"$in": [...]}}`) silently matches nothing, and a query on
+  `outbox.0` reads the whole collection. So the relay is told which document parked an event (`notify`), removes
+  exactly the entries it published with `$pullAll`, and scans the collections only at start (a process that died
+  between a change and its publication leaves the event parked; the scan finds it) and now and then after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from waflow_common.kafka import EventPublisher
+from waflow_common.outbox import OUTBOX_FIELD, RELAY_RETRYABLE
+
+log = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it (memory stays bounded)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        collections: dict[str, AsyncCollection[Document]],
+        publisher: EventPublisher,
+        locks: KeyedLocks,
+        *,
+        retry_seconds: float = 1.0,
+        rescan_seconds: float = 300.0,
+    ) -> None:
+        self._collections = collections
+        self._publisher = publisher
+        self._locks = locks
+        self._retry = retry_seconds
+        self._rescan = rescan_seconds
+        self._pending: dict[tuple[str, str], None] = {}  # insertion-ordered set: oldest first
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self, collection: str, doc_id: str) -> None:
+        """A document just parked an event: publish it now rather than at the next scan."""
+        self._pending[(collection, doc_id)] = None
+        self._wake.set()
+
+    async def relay_document(self, collection: str, doc_id: str) -> int:
+        coll = self._collections[collection]
+        async with self._locks.hold(f"{collection}:{doc_id}"):
+            doc = await coll.find_one({"_id": doc_id}, {OUTBOX_FIELD: 1})
+            entries: list[Document] = (doc or {}).get(OUTBOX_FIELD) or []
+            for entry in entries:
+                await self._publisher.publish_raw(
+                    entry["topic"], entry["value"].encode(), key=entry["key"].encode(), headers=entry["headers"]
+                )
+            if entries:
+                await coll.update_one({"_id": doc_id}, {"$pullAll": {OUTBOX_FIELD: entries}})
+        return len(entries)
+
+    async def scan(self) -> int:
+        """Queues every document that still has parked events (after a restart, or as a safety net)."""
+        found = 0
+        for name, coll in self._collections.items():
+            async for doc in coll.find({f"{OUTBOX_FIELD}.0": {"$exists": True}}, {"_id": 1}):
+                self.notify(name, doc["_id"])
+                found += 1
+        return found
+
+    async def drain(self) -> int:
+        published = 0
+        while self._pending:
+            key = next(iter(self._pending))
+            # Taken off first: a notification arriving while it is relayed queues it again.
+            del self._pending[key]
+            try:
+                published += await self.relay_document(*key)
+            except BaseException:
+                self._pending[key] = None
+                raise
+        return published
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_scan = 0.0
+        while True:
+            try:
+                if loop.time() >= next_scan:
+                    await self.scan()
+                    next_scan = loop.time() + self._rescan
+                self._wake.clear()
+                await self.drain()
+            except RELAY_RETRYABLE as exc:
+                log.warning("outbox relay could not publish; will retry", extra={"error": repr(exc)})
+                await asyncio.sleep(self._retry)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._retry)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="conversation-outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
