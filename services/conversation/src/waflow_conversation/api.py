@@ -413,18 +413,23 @@ APPEND_ONLY: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.api_route(
-    "/chats/{chat_id}/notes/{note_id}",
-    methods=["PUT", "PATCH", "DELETE"],
-    summary="Editing or deleting a note is refused (notes are append-only)",
-    tags=["notes"],
-    status_code=405,
-    response_class=JSONResponse,
-    responses=APPEND_ONLY,
-)
 async def refuse_note_change(tenant: CurrentTenant, chat_id: ChatId, note_id: NoteId) -> JSONResponse:
     return JSONResponse(
         error_body("notes_append_only", "notes are append-only: they can never be edited or deleted"),
         status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
         headers={"Allow": "GET"},
+    )
+
+
+for _method in ("PUT", "PATCH", "DELETE"):
+    router.add_api_route(
+        "/chats/{chat_id}/notes/{note_id}",
+        refuse_note_change,
+        methods=[_method],
+        operation_id=f"refuse_note_{_method.lower()}",
+        summary=f"{_method} on a note is refused (notes are append-only)",
+        tags=["notes"],
+        status_code=405,
+        response_class=JSONResponse,
+        responses=APPEND_ONLY,
     )
