@@ -153,7 +153,7 @@ def up() -> int:
     print(f"  Kafka                {env['KAFKA_BOOTSTRAP_SERVERS']}")
     print(f"  MongoDB (FerretDB)   {env['MONGODB_URI']}")
     for name, _, var, default in PROCESSES:
-        state = "up" if status[name] else f"NOT healthy (see {DATA.relative_to(REPO)}/logs/{name}.log)"
+        state = "up" if status[name] else f"NOT healthy (see {DATA / 'logs' / name}.log)"
         print(f"  {name:<20} http://127.0.0.1:{port_of(var, default)}  {state}  (API docs: /docs)")
     print(
         f"\nDev tenant '{tenant.tenant_id}', API key: {key}, business number {number.display_phone_number} "
