@@ -299,7 +299,7 @@ async def send_message(
             requested_by=body.requested_by,
             correlation_id=getattr(request.state, "correlation_id", None),
         )
-    view = await ctx.messages.get(tenant_id, chat_id, stored["_id"])
+    view = await ctx.messages.get(tenant_id, chat_id, stored["message_id"])
     return SendAcceptedOut(request_id=request_id, message=MessageOut.from_doc(view))
 
 
@@ -337,7 +337,7 @@ async def mark_message_unread(
 ) -> ChatOut:
     await ctx.chats.get(tenant.tenant_id, chat_id)
     await ctx.messages.mark_unread(tenant.tenant_id, chat_id, message_id)
-    chat = await ctx.chats.mark_unread(tenant.tenant_id, chat_id, body.by if body else "api")
+    chat = await ctx.chats.mark_unread(tenant.tenant_id, chat_id, message_id, body.by if body else "api")
     return ChatOut.from_doc(chat, ctx.clock())
 
 

@@ -60,7 +60,7 @@ class ConversationHandlers:
             cause = Cause(event.correlation_id, event.event_id)
             await self._messages.record_inbound(_tenant(event), event.payload, cause)
         elif isinstance(event, MessageStatusEvent):
-            await self._messages.apply_status(_tenant(event), event.payload, str(event.event_id))
+            await self._messages.apply_status(_tenant(event), event.payload)
         # template.status and account.update concern outbound and operators, not chats.
 
     async def on_contact(self, event: ContactChangedEvent) -> None:

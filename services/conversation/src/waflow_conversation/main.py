@@ -3,7 +3,7 @@ and the FastAPI app."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -22,7 +22,7 @@ from waflow_conversation.api import ConversationContext, install_domain_errors, 
 from waflow_conversation.handlers import GROUP_ID, ConversationHandlers, WindowSweeper
 from waflow_conversation.outbox_relay import OutboxRelay
 from waflow_conversation.repository import ChatRepository, Collections
-from waflow_conversation.repository_messages import MessageRepository, NoteRepository
+from waflow_conversation.repository_messages import MessageRepository, NoteRepository, TimelineIndex
 
 DATABASE = "waflow_conversation"
 
@@ -35,6 +35,14 @@ class ConversationSettings(CommonSettings):
     conversation_sweep_seconds: float = Field(default=30.0, gt=0)
 
 
+def _numbers(registry: TenantRegistry) -> Callable[[str], list[str]]:
+    def numbers(tenant_id: str) -> list[str]:
+        tenant = registry.tenant(tenant_id)
+        return tenant.phone_number_ids if tenant else []
+
+    return numbers
+
+
 def create_app(settings: ConversationSettings | None = None, *, clock: Clock = utcnow) -> FastAPI:
     settings = settings or ConversationSettings()
     broker = make_broker(settings, client_id="waflow-conversation")
@@ -42,9 +50,10 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     mongo = make_mongo_client(settings)
     collections = Collections(service_database(mongo, settings, DATABASE))
     relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings), collections.locks)
-    chats = ChatRepository(collections, clock, relay.notify)
-    messages = MessageRepository(collections, chats, clock, relay.notify)
-    notes = NoteRepository(collections, clock, relay.notify)
+    index = TimelineIndex()
+    chats = ChatRepository(collections, clock, relay.notify, _numbers(registry))
+    messages = MessageRepository(collections, chats, clock, relay.notify, index)
+    notes = NoteRepository(collections, clock, relay.notify, index)
     sweeper = WindowSweeper(chats, registry, clock, interval_seconds=settings.conversation_sweep_seconds)
     handlers = ConversationHandlers(chats, messages)
     handlers.subscribe(Consumer(broker, settings, group_id=GROUP_ID), workers=settings.conversation_consumer_workers)
@@ -52,6 +61,7 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await collections.create_indexes()
+        await messages.load_index()
         await registry.start()
         await broker.start()
         relay.start()

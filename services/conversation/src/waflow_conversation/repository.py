@@ -1,8 +1,16 @@
 """Chats in MongoDB: creation, the contacts projection, inbound messages' effect on a chat, read state, windows.
 
-Every query starts with tenant_id. Nothing here relies on multi-document transactions: each effect is one
-conditional update (optimistic on the fields it relied on) or an idempotent upsert, and an event that must
-accompany a change rides in the same document's outbox.
+Designed around FerretDB v1 on SQLite, as measured: only a filter that is exactly `{"_id": ...}` reaches
+SQLite's index (`find_one` by `_id` takes ~1 ms at 20k documents; the same filter plus `tenant_id` reads the
+whole collection: ~120 ms at 5k), and an update is read-modify-write without isolation (40 concurrent `$inc`
+end at 7). So:
+- every document's `_id` is `<tenant_id>:<public id>` (`key`): a single-document read or write names only that
+  `_id`, and another tenant's id simply does not exist;
+- every write to a document holds that document's lock (`Collections.hold`), reads it, decides in Python with
+  the domain rules and writes it back, so no two writers in this process ever lose an update;
+- scans are left to listing small collections (chats, notes) and the window sweep.
+Nothing relies on multi-document transactions; an event that must accompany a change rides in the same
+document's outbox (see outbox_relay). The secondary indexes serve MongoDB proper.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -41,21 +49,20 @@ from waflow_conversation import domain
 from waflow_conversation.outbox_relay import KeyedLocks
 
 Document = dict[str, Any]
+Parked = Callable[[str, str], None]
 
-# The chat keeps the ids of inbound messages it counted until the message itself records it was counted
-# (see `record_inbound`); past this many the oldest, long since recorded, are dropped.
+# A chat remembers the inbound messages it counted, so a redelivery is not counted twice. Past this many the
+# oldest are dropped: by then their messages have recorded `counted` themselves (see record_inbound).
 APPLIED_KEEP = 64
-# Optimistic updates retry when a concurrent writer changed what they relied on; this many is never reached in
-# practice (one partition feeds one chat) but bounds a pathological loop.
-MAX_ATTEMPTS = 50
+
+
+def key(tenant_id: str, public_id: str) -> str:
+    """The `_id` of a tenant's document: the only filter FerretDB answers from an index."""
+    return f"{tenant_id}:{public_id}"
 
 
 class ChatNotFound(Exception):
     pass
-
-
-class ConcurrentUpdate(RuntimeError):
-    """Could not apply an optimistic update after MAX_ATTEMPTS (the consumer retries the record)."""
 
 
 @dataclass(frozen=True)
@@ -90,27 +97,23 @@ class Collections:
         self.messages: AsyncCollection[Document] = db["messages"]
         self.notes: AsyncCollection[Document] = db["notes"]
         self.contacts: AsyncCollection[Document] = db["contacts"]
+        # wamid -> message by `_id` = key(tenant, wamid): statuses and replies find their message by `_id` alone.
+        self.wamids: AsyncCollection[Document] = db["wamids"]
+        # Statuses that arrived before their message was known, by key(tenant, wamid).
         self.orphan_statuses: AsyncCollection[Document] = db["orphan_statuses"]
 
     async def create_indexes(self) -> None:
-        await self.chats.create_index(
-            [("tenant_id", ASCENDING), ("phone_number_id", ASCENDING), ("wa_id", ASCENDING)], unique=True
-        )
+        # One index per call: FerretDB v1 may drop the connection on a multi-index createIndexes.
         await self.chats.create_index([("tenant_id", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)])
-        await self.chats.create_index([("tenant_id", ASCENDING), ("wa_id", ASCENDING)])
         await self.chats.create_index(
             [("tenant_id", ASCENDING), ("window_state", ASCENDING), ("window_expires_at", ASCENDING)]
         )
-        await self.messages.create_index([("tenant_id", ASCENDING), ("wamid", ASCENDING)], unique=True)
         await self.messages.create_index(
             [("tenant_id", ASCENDING), ("chat_id", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)]
         )
-        await self.messages.create_index([("tenant_id", ASCENDING), ("chat_id", ASCENDING), ("type", ASCENDING)])
         await self.notes.create_index(
             [("tenant_id", ASCENDING), ("chat_id", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)]
         )
-        await self.contacts.create_index([("tenant_id", ASCENDING), ("wa_id", ASCENDING)], unique=True)
-        await self.orphan_statuses.create_index([("tenant_id", ASCENDING), ("wamid", ASCENDING)])
 
     def with_outbox(self) -> dict[str, AsyncCollection[Document]]:
         return {"chats": self.chats, "messages": self.messages, "notes": self.notes}
@@ -151,26 +154,21 @@ def next_cursor(items: list[Document], limit: int, field: str = "at") -> tuple[l
     return items, domain.encode_cursor(last[field], last["_id"])
 
 
-Parked = Callable[[str, str], None]
-
-
 class ChatRepository:
-    def __init__(self, collections: Collections, clock: Clock, parked: Parked) -> None:
+    def __init__(
+        self, collections: Collections, clock: Clock, parked: Parked, numbers: Callable[[str], list[str]]
+    ) -> None:
         self._c = collections
         self._clock = clock
         self._parked = parked
+        self._numbers = numbers  # a tenant's phone_number_ids: a customer has one chat per number
 
     # --- reading ------------------------------------------------------------------------------------------
     async def get(self, tenant_id: str, chat_id: str) -> Document:
-        chat = await self._c.chats.find_one({"tenant_id": tenant_id, "_id": chat_id})
+        chat = await self._c.chats.find_one({"_id": key(tenant_id, chat_id)})
         if chat is None:
             raise ChatNotFound(chat_id)
         return chat
-
-    async def find(self, tenant_id: str, phone_number_id: str, wa_id: str) -> Document | None:
-        return await self._c.chats.find_one(
-            {"tenant_id": tenant_id, "phone_number_id": phone_number_id, "wa_id": wa_id}
-        )
 
     async def page(self, tenant_id: str, filters: ChatFilter, cursor: str | None, limit: int) -> Page:
         clauses: list[Document] = [{"tenant_id": tenant_id}]
@@ -203,7 +201,7 @@ class ChatRepository:
         return Page(items, cursor_out)
 
     async def contact(self, tenant_id: str, wa_id: str) -> Document | None:
-        return await self._c.contacts.find_one({"tenant_id": tenant_id, "wa_id": wa_id})
+        return await self._c.contacts.find_one({"_id": key(tenant_id, wa_id)})
 
     # --- creating ---------------------------------------------------------------------------------------------
     async def ensure(
@@ -211,7 +209,7 @@ class ChatRepository:
     ) -> Document:
         """The chat with this customer on this number, created if new (safe to race: the id is derived)."""
         chat_id = domain.chat_id_for(tenant_id, phone_number_id, wa_id)
-        chat = await self._c.chats.find_one({"tenant_id": tenant_id, "_id": chat_id})
+        chat = await self._c.chats.find_one({"_id": key(tenant_id, chat_id)})
         if chat is None:
             chat = self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, profile_name)
             try:
@@ -219,11 +217,6 @@ class ChatRepository:
             except DuplicateKeyError:
                 return await self.get(tenant_id, chat_id)
             await self._copy_contact(tenant_id, chat_id, wa_id)
-        elif profile_name and chat.get("profile_name") != profile_name:
-            async with self._c.hold("chats", chat_id):
-                await self._c.chats.update_one(
-                    {"tenant_id": tenant_id, "_id": chat_id}, {"$set": {"profile_name": profile_name}}
-                )
         return chat
 
     async def open_by_phone(
@@ -231,7 +224,7 @@ class ChatRepository:
     ) -> tuple[Document, bool]:
         """An agent starts a chat: returns (chat, created); a new one announces chat.opened in its outbox."""
         chat_id = domain.chat_id_for(tenant_id, phone_number_id, wa_id)
-        existing = await self._c.chats.find_one({"tenant_id": tenant_id, "_id": chat_id})
+        existing = await self._c.chats.find_one({"_id": key(tenant_id, chat_id)})
         if existing is not None:
             return existing, False
         now = self._clock()
@@ -252,16 +245,17 @@ class ChatRepository:
             await self._c.chats.insert_one(chat)
         except DuplicateKeyError:
             return await self.get(tenant_id, chat_id), False
-        self._parked("chats", chat_id)
+        self._parked("chats", chat["_id"])
         await self._copy_contact(tenant_id, chat_id, wa_id)
         return await self.get(tenant_id, chat_id), True
 
     def _new_chat(
         self, tenant_id: str, chat_id: str, phone_number_id: str, wa_id: str, profile_name: str | None
     ) -> Document:
-        now = self._clock()
+        now = domain.millis(self._clock())
         return {
-            "_id": chat_id,
+            "_id": key(tenant_id, chat_id),
+            "chat_id": chat_id,
             "tenant_id": tenant_id,
             "phone_number_id": phone_number_id,
             "wa_id": wa_id,
@@ -274,6 +268,7 @@ class ChatRepository:
             "last_message_at": None,
             "unread_count": 0,
             "manual_unread": False,
+            "manual_unread_ids": [],
             "last_inbound_wamid": None,
             "last_inbound_at": None,
             "window_opened_at": None,
@@ -285,75 +280,77 @@ class ChatRepository:
 
     async def _copy_contact(self, tenant_id: str, chat_id: str, wa_id: str) -> None:
         contact = await self.contact(tenant_id, wa_id)
-        if contact is None:
-            return
-        async with self._c.hold("chats", chat_id):
-            await self._c.chats.update_one(
-                {"tenant_id": tenant_id, "_id": chat_id, "contact_version": {"$lt": contact["version"]}},
-                {"$set": {"contact": contact["view"], "contact_version": contact["version"]}},
-            )
+        if contact is not None:
+            await self._set_contact(key(tenant_id, chat_id), contact["view"], contact["version"])
+
+    async def _set_contact(self, chat_key: str, view: Document, version: int) -> None:
+        async with self._c.hold("chats", chat_key):
+            chat = await self._c.chats.find_one({"_id": chat_key})
+            if chat is not None and chat.get("contact_version", 0) < version:
+                await self._c.chats.update_one(
+                    {"_id": chat_key}, {"$set": {"contact": view, "contact_version": version}}
+                )
 
     # --- the contacts projection ---------------------------------------------------------------------------
     async def apply_contact(self, tenant_id: str, snapshot: ContactSnapshot) -> None:
-        """Keeps the highest version; chats of that customer get the same copy under the same rule."""
+        """Keeps the highest version; chats of that customer get the same copy under the same rule.
+
+        Either order of "chat created" and "contact changed" ends with the chat showing the newest contact:
+        a new chat copies what the projection holds, and a contact change updates the chats that exist.
+        """
         view = contact_view(snapshot)
-        with contextlib.suppress(DuplicateKeyError):  # what we hold is as new or newer
-            await self._c.contacts.update_one(
-                {"_id": f"{tenant_id}:{snapshot.wa_id}", "tenant_id": tenant_id, "version": {"$lt": snapshot.version}},
-                {"$set": {"wa_id": snapshot.wa_id, "version": snapshot.version, "view": view}},
-                upsert=True,
-            )
-        chats = await self._c.chats.find({"tenant_id": tenant_id, "wa_id": snapshot.wa_id}, {"_id": 1}).to_list()
-        for chat in chats:
-            async with self._c.hold("chats", chat["_id"]):
-                await self._c.chats.update_one(
-                    {"tenant_id": tenant_id, "_id": chat["_id"], "contact_version": {"$lt": snapshot.version}},
-                    {"$set": {"contact": view, "contact_version": snapshot.version}},
+        contact_key = key(tenant_id, snapshot.wa_id)
+        async with self._c.hold("contacts", contact_key):
+            held = await self._c.contacts.find_one({"_id": contact_key})
+            if held is None:
+                with contextlib.suppress(DuplicateKeyError):
+                    await self._c.contacts.insert_one(
+                        {
+                            "_id": contact_key,
+                            "tenant_id": tenant_id,
+                            "wa_id": snapshot.wa_id,
+                            "version": snapshot.version,
+                            "view": view,
+                        }
+                    )
+            elif held["version"] < snapshot.version:
+                await self._c.contacts.update_one(
+                    {"_id": contact_key}, {"$set": {"version": snapshot.version, "view": view}}
                 )
+        for phone_number_id in self._numbers(tenant_id):
+            chat_id = domain.chat_id_for(tenant_id, phone_number_id, snapshot.wa_id)
+            await self._set_contact(key(tenant_id, chat_id), view, snapshot.version)
 
     # --- inbound messages ------------------------------------------------------------------------------------
     async def apply_inbound(
         self, chat_id: str, tenant_id: str, message_id: str, m: MessageReceived, cause: Cause | None = None
     ) -> None:
         """Counts the message once, moves activity, preview and window; announces a window (re)opening."""
-        async with self._c.hold("chats", chat_id):
-            await self._apply_inbound(chat_id, tenant_id, message_id, m, cause)
-
-    async def _apply_inbound(
-        self, chat_id: str, tenant_id: str, message_id: str, m: MessageReceived, cause: Cause | None
-    ) -> None:
-        for _ in range(MAX_ATTEMPTS):
+        chat_key = key(tenant_id, chat_id)
+        async with self._c.hold("chats", chat_key):
             chat = await self.get(tenant_id, chat_id)
-            if message_id in chat.get("applied", ()):
+            applied: list[str] = chat.get("applied", [])
+            if message_id in applied:
                 return
-            condition: Document = {
-                "tenant_id": tenant_id,
-                "_id": chat_id,
-                "applied": {"$ne": message_id},
-                "last_message_at": chat.get("last_message_at"),
-                "last_inbound_at": chat.get("last_inbound_at"),
-                "window_expires_at": chat.get("window_expires_at"),
-                "window_state": chat.get("window_state"),
-            }
-            update = self._inbound_update(chat, message_id, m, cause)
-            result = await self._c.chats.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
-            if result is not None:
-                if "outbox" in update["$push"]:
-                    self._parked("chats", chat_id)
-                applied: list[str] = result.get("applied", [])
-                if len(applied) > APPLIED_KEEP:
-                    stale = applied[: len(applied) - APPLIED_KEEP // 2]
-                    await self._c.chats.update_one(
-                        {"tenant_id": tenant_id, "_id": chat_id}, {"$pull": {"applied": {"$in": stale}}}
-                    )
-                return
-        raise ConcurrentUpdate(f"chat {chat_id} kept changing")
+            sets, push, inc = self._inbound_change(chat, message_id, m, cause)
+            # Only ids whose messages have since recorded `counted` are dropped (see record_inbound).
+            sets["applied"] = [*applied[-(APPLIED_KEEP - 1) :], message_id]
+            update: Document = {"$set": sets}
+            if push:
+                update["$push"] = push
+            if inc:
+                update["$inc"] = inc
+            await self._c.chats.update_one({"_id": chat_key}, update)
+        if push:
+            self._parked("chats", chat_key)
 
-    def _inbound_update(self, chat: Document, message_id: str, m: MessageReceived, cause: Cause | None) -> Document:
+    def _inbound_change(
+        self, chat: Document, message_id: str, m: MessageReceived, cause: Cause | None
+    ) -> tuple[Document, Document, Document]:
         content = m.content.model_dump(mode="json")
         at = domain.millis(m.timestamp)
         sets: Document = {}
-        push: Document = {"applied": message_id}
+        push: Document = {}
         inc: Document = {}
         if m.profile_name:
             sets["profile_name"] = m.profile_name
@@ -367,6 +364,8 @@ class ChatRepository:
                 "at": at,
             }
             sets["last_message_at"] = at
+        if at > chat["last_activity_at"]:
+            sets["last_activity_at"] = at
         if domain.counts_as_unread(m.content.type):
             inc["unread_count"] = 1
             if chat.get("last_inbound_at") is None or at >= chat["last_inbound_at"]:
@@ -374,12 +373,7 @@ class ChatRepository:
                 sets["last_inbound_at"] = at
         if m.opens_window:
             sets |= self._window_refresh(chat, at, push, cause)
-        update: Document = {"$push": push, "$max": {"last_activity_at": at}}
-        if sets:
-            update["$set"] = sets
-        if inc:
-            update["$inc"] = inc
-        return update
+        return sets, push, inc
 
     def _window_refresh(self, chat: Document, at: datetime, push: Document, cause: Cause | None) -> Document:
         current: datetime | None = chat.get("window_expires_at")
@@ -413,14 +407,14 @@ class ChatRepository:
         return cls.new(
             tenant_id=chat["tenant_id"],
             payload=WindowChanged(
-                chat_id=chat["_id"],
+                chat_id=chat["chat_id"],
                 phone_number_id=chat["phone_number_id"],
                 wa_id=chat["wa_id"],
                 opened_at=chat.get("window_opened_at"),
                 expires_at=expires_at,
             ),
             occurred_at=at,
-            event_id=derived_event_id(kind, chat["tenant_id"], chat["_id"], expires_at.isoformat()),
+            event_id=derived_event_id(kind, chat["tenant_id"], chat["chat_id"], expires_at.isoformat()),
             correlation_id=cause.correlation_id if cause else None,
             causation_id=cause.event_id if cause else None,
             clock=self._clock,
@@ -429,37 +423,26 @@ class ChatRepository:
     async def note_outbound(self, tenant_id: str, chat_id: str, last_message: Document) -> None:
         """An agent's message moves the chat's activity and preview (never backwards)."""
         at: datetime = last_message["at"]
-        async with self._c.hold("chats", chat_id):
-            await self._c.chats.update_one(
-                {
-                    "tenant_id": tenant_id,
-                    "_id": chat_id,
-                    "$or": [{"last_message_at": None}, {"last_message_at": {"$lte": at}}],
-                },
-                {"$set": {"last_message": last_message, "last_message_at": at}},
-            )
-            await self._c.chats.update_one({"tenant_id": tenant_id, "_id": chat_id}, {"$max": {"last_activity_at": at}})
+        chat_key = key(tenant_id, chat_id)
+        async with self._c.hold("chats", chat_key):
+            chat = await self.get(tenant_id, chat_id)
+            sets: Document = {}
+            if chat.get("last_message_at") is None or chat["last_message_at"] <= at:
+                sets |= {"last_message": last_message, "last_message_at": at}
+            if chat["last_activity_at"] < at:
+                sets["last_activity_at"] = at
+            if sets:
+                await self._c.chats.update_one({"_id": chat_key}, {"$set": sets})
 
     # --- read state --------------------------------------------------------------------------------------------
     async def mark_read(self, tenant_id: str, chat_id: str, read_by: str) -> Document:
         """Zero unread and announce chat.read with the newest inbound wamid (outbound sends the read receipt).
 
-        Conditional on the count and wamid it read, so an inbound message counted meanwhile is never lost.
+        Under the chat's lock, so an inbound message counted at the same moment lands before or after, never
+        lost; a chat with nothing unread announces nothing.
         """
-        async with self._c.hold("chats", chat_id):
-            chat = await self._mark_read(tenant_id, chat_id, read_by)
-        marked = await self._c.messages.find(
-            {"tenant_id": tenant_id, "chat_id": chat_id, "manual_unread": True}, {"_id": 1}
-        ).to_list()
-        for message in marked:
-            async with self._c.hold("messages", message["_id"]):
-                await self._c.messages.update_one(
-                    {"tenant_id": tenant_id, "_id": message["_id"]}, {"$set": {"manual_unread": False}}
-                )
-        return chat
-
-    async def _mark_read(self, tenant_id: str, chat_id: str, read_by: str) -> Document:
-        for _ in range(MAX_ATTEMPTS):
+        chat_key = key(tenant_id, chat_id)
+        async with self._c.hold("chats", chat_key):
             chat = await self.get(tenant_id, chat_id)
             if chat["unread_count"] == 0 and not chat.get("manual_unread"):
                 return chat
@@ -474,37 +457,27 @@ class ChatRepository:
                 ),
                 clock=self._clock,
             )
-            result = await self._c.chats.find_one_and_update(
-                {
-                    "tenant_id": tenant_id,
-                    "_id": chat_id,
-                    "unread_count": chat["unread_count"],
-                    "last_inbound_wamid": chat.get("last_inbound_wamid"),
-                },
-                {
-                    "$set": {"unread_count": 0, "manual_unread": False, "read_at": self._clock()},
-                    "$push": {"outbox": outbox_entry(event)},
-                },
-                return_document=ReturnDocument.AFTER,
+            cleared = {"unread_count": 0, "manual_unread": False, "manual_unread_ids": [], "read_at": self._clock()}
+            await self._c.chats.update_one(
+                {"_id": chat_key}, {"$set": cleared, "$push": {"outbox": outbox_entry(event)}}
             )
-            if result is not None:
-                self._parked("chats", chat_id)
-                return result
-        raise ConcurrentUpdate(f"chat {chat_id} kept changing")
+        self._parked("chats", chat_key)
+        for message_id in chat.get("manual_unread_ids", []):
+            message_key = key(tenant_id, message_id)
+            async with self._c.hold("messages", message_key):
+                await self._c.messages.update_one({"_id": message_key}, {"$set": {"manual_unread": False}})
+        return await self.get(tenant_id, chat_id)
 
     async def unread_chat_ids(self, tenant_id: str) -> list[str]:
         docs = await self._c.chats.find(
-            {"tenant_id": tenant_id, "$or": [{"unread_count": {"$gt": 0}}, {"manual_unread": True}]}, {"_id": 1}
+            {"tenant_id": tenant_id, "$or": [{"unread_count": {"$gt": 0}}, {"manual_unread": True}]}, {"chat_id": 1}
         ).to_list()
-        return [d["_id"] for d in docs]
+        return [d["chat_id"] for d in docs]
 
-    async def mark_unread(self, tenant_id: str, chat_id: str, marked_by: str) -> Document:
+    async def mark_unread(self, tenant_id: str, chat_id: str, message_id: str, marked_by: str) -> Document:
         """At least one unread, so the chat stays unread until someone reads it; announces chat.unread."""
-        async with self._c.hold("chats", chat_id):
-            return await self._mark_unread(tenant_id, chat_id, marked_by)
-
-    async def _mark_unread(self, tenant_id: str, chat_id: str, marked_by: str) -> Document:
-        for _ in range(MAX_ATTEMPTS):
+        chat_key = key(tenant_id, chat_id)
+        async with self._c.hold("chats", chat_key):
             chat = await self.get(tenant_id, chat_id)
             count = max(chat["unread_count"], 1)
             event = ChatUnreadEvent.new(
@@ -518,48 +491,45 @@ class ChatRepository:
                 ),
                 clock=self._clock,
             )
-            result = await self._c.chats.find_one_and_update(
-                {"tenant_id": tenant_id, "_id": chat_id, "unread_count": chat["unread_count"]},
-                {"$set": {"unread_count": count, "manual_unread": True}, "$push": {"outbox": outbox_entry(event)}},
-                return_document=ReturnDocument.AFTER,
+            marked = [i for i in chat.get("manual_unread_ids", []) if i != message_id] + [message_id]
+            await self._c.chats.update_one(
+                {"_id": chat_key},
+                {
+                    "$set": {"unread_count": count, "manual_unread": True, "manual_unread_ids": marked},
+                    "$push": {"outbox": outbox_entry(event)},
+                },
             )
-            if result is not None:
-                self._parked("chats", chat_id)
-                return result
-        raise ConcurrentUpdate(f"chat {chat_id} kept changing")
+        self._parked("chats", chat_key)
+        return await self.get(tenant_id, chat_id)
 
     # --- the window sweep ------------------------------------------------------------------------------------
     async def sweep_windows(self, tenant_id: str, now: datetime, lead: timedelta) -> int:
         """Announces window.closing and window.closed for this tenant's chats; returns how many it announced."""
         announced = 0
-        due = self._c.chats.find(
+        due = await self._c.chats.find(
             {
                 "tenant_id": tenant_id,
                 "window_state": {"$in": ["open", "closing"]},
                 "window_expires_at": {"$lte": now + lead},
             },
             {"applied": 0, "outbox": 0},
-        )
-        async for chat in due:
+        ).to_list()
+        for chat in due:
             expires: datetime = chat["window_expires_at"]
             phase = domain.window_phase(expires, now, lead)
-            if phase == chat["window_state"] or phase == "open":
+            if phase in (chat["window_state"], "open"):
                 continue
             cls = WindowClosedEvent if phase == "closed" else WindowClosingEvent
             event = self._window_event(cls, chat, expires, at=expires if phase == "closed" else now)
             async with self._c.hold("chats", chat["_id"]):
-                result = await self._c.chats.update_one(
-                    {
-                        "tenant_id": tenant_id,
-                        "_id": chat["_id"],
-                        "window_state": chat["window_state"],
-                        "window_expires_at": expires,
-                    },
-                    {"$set": {"window_state": phase}, "$push": {"outbox": outbox_entry(event)}},
+                held = await self._c.chats.find_one({"_id": chat["_id"]})
+                if held is None or (held["window_state"], held["window_expires_at"]) != (chat["window_state"], expires):
+                    continue  # the customer wrote meanwhile: the window moved
+                await self._c.chats.update_one(
+                    {"_id": chat["_id"]}, {"$set": {"window_state": phase}, "$push": {"outbox": outbox_entry(event)}}
                 )
-            if result.modified_count:
-                self._parked("chats", chat["_id"])
-                announced += 1
+            self._parked("chats", chat["_id"])
+            announced += 1
         return announced
 
 

@@ -1,11 +1,18 @@
-"""Messages in MongoDB: inbound messages, sending, delivery statuses (orphans included), the timeline, notes."""
+"""Messages in MongoDB: inbound messages, sending, delivery statuses (orphans included), the timeline, notes.
+
+Same rules as repository.py: documents are read and written by `_id` alone, each write under its document's
+lock. A chat's timeline is served from an in-memory index (`TimelineIndex`) of what it shows, because any other
+query would read the whole messages collection on FerretDB; the documents themselves are then read by `_id`.
+"""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
 import re
+from collections import defaultdict
 from datetime import datetime
 
 from pymongo import DESCENDING
@@ -24,19 +31,18 @@ from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
 from waflow_conversation.repository import (
-    MAX_ATTEMPTS,
     Cause,
     ChatRepository,
     Collections,
-    ConcurrentUpdate,
     Document,
     Page,
     Parked,
+    key,
     next_cursor,
     page_filter,
 )
 
-HIDDEN_FROM_TIMELINE = {"outbox": 0, "request_hash": 0}
+NOT_SHOWN = {"outbox": 0, "request_hash": 0}
 
 
 class MessageNotFound(Exception):
@@ -82,34 +88,99 @@ def _visible_state(message: Document, reports: list[Document]) -> Document:
         else:
             failure = message.get("rejection")
     sets: Document = {"status": state.status, "status_at": state.at, "failure": failure}
-    for key in ("pricing", "conversation"):
-        carried = [r[key] for r in sorted(reports, key=lambda r: r["at"]) if key in r]
+    for field in ("pricing", "conversation"):
+        carried = [r[field] for r in sorted(reports, key=lambda r: r["at"]) if field in r]
         if carried:
-            sets[key] = carried[-1]
+            sets[field] = carried[-1]
     return sets
 
 
+Entry = tuple[datetime, str, str]  # (at, document key, "message" | "note")
+
+
+class TimelineIndex:
+    """Per chat, what its timeline shows, oldest first; rebuilt at start from one scan of messages and notes."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[Entry]] = defaultdict(list)
+        # chat key -> wamid reacted to -> (at, reaction message key); the latest reaction wins
+        self._reactions: dict[str, dict[str, tuple[datetime, str]]] = defaultdict(dict)
+
+    def add(self, chat_key: str, at: datetime, doc_key: str, kind: str) -> None:
+        entries = self._entries[chat_key]
+        entry = (at, doc_key, kind)
+        position = bisect.bisect_left(entries, entry)
+        if position == len(entries) or entries[position] != entry:
+            entries.insert(position, entry)
+
+    def remove(self, chat_key: str, doc_key: str) -> None:
+        self._entries[chat_key] = [e for e in self._entries[chat_key] if e[1] != doc_key]
+
+    def react(self, chat_key: str, target_wamid: str, at: datetime, reaction_key: str) -> None:
+        current = self._reactions[chat_key].get(target_wamid)
+        if current is None or (at, reaction_key) > current:
+            self._reactions[chat_key][target_wamid] = (at, reaction_key)
+
+    def reaction(self, chat_key: str, wamid: str) -> str | None:
+        found = self._reactions.get(chat_key, {}).get(wamid)
+        return found[1] if found else None
+
+    def page(self, chat_key: str, cursor: str | None, limit: int) -> tuple[list[Entry], str | None]:
+        """Newest first, strictly older than the cursor."""
+        entries = self._entries.get(chat_key, [])
+        end = len(entries)
+        if cursor is not None:
+            at, doc_key = domain.decode_cursor(cursor)
+            end = bisect.bisect_left(entries, (at, doc_key, ""))
+        start = max(0, end - limit)
+        chosen = list(reversed(entries[start:end]))
+        more = start > 0
+        return chosen, domain.encode_cursor(chosen[-1][0], chosen[-1][1]) if more and chosen else None
+
+    def load(self, chat_key: str, doc: Document, kind: str) -> None:
+        if kind == "note":
+            self.add(chat_key, doc["at"], doc["_id"], "note")
+        elif doc.get("type") == "reaction":
+            target = (doc.get("content") or {}).get("message_id")
+            if target:
+                self.react(chat_key, target, doc["at"], doc["_id"])
+        elif not doc.get("hidden"):
+            self.add(chat_key, doc["at"], doc["_id"], "message")
+
+
 class MessageRepository:
-    def __init__(self, collections: Collections, chats: ChatRepository, clock: Clock, parked: Parked) -> None:
+    def __init__(
+        self, collections: Collections, chats: ChatRepository, clock: Clock, parked: Parked, index: TimelineIndex
+    ) -> None:
         self._c = collections
         self._chats = chats
         self._clock = clock
         self._parked = parked
+        self._index = index
+
+    async def load_index(self) -> None:
+        """Reads every message and note once (at start) into the timeline index."""
+        fields = {"chat_id": 1, "tenant_id": 1, "at": 1, "type": 1, "hidden": 1, "content": 1}
+        async for doc in self._c.messages.find({}, fields):
+            self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "message")
+        async for doc in self._c.notes.find({}, {"chat_id": 1, "tenant_id": 1, "at": 1}):
+            self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "note")
 
     # --- inbound -------------------------------------------------------------------------------------------------
     async def record_inbound(self, tenant_id: str, m: MessageReceived, cause: Cause | None = None) -> str:
-        """Stores the message once (unique tenant_id+wamid) and applies it to its chat exactly once."""
+        """Stores the message once (its `_id` is derived from the wamid) and applies it to its chat once."""
         chat = await self._chats.ensure(tenant_id, m.phone_number_id, m.wa_id, profile_name=m.profile_name)
         message_id = domain.inbound_message_id(tenant_id, m.wamid)
-        content = m.content.model_dump(mode="json")
+        message_key = key(tenant_id, message_id)
         doc: Document = {
-            "_id": message_id,
+            "_id": message_key,
+            "message_id": message_id,
             "tenant_id": tenant_id,
-            "chat_id": chat["_id"],
+            "chat_id": chat["chat_id"],
             "wamid": m.wamid,
             "direction": "in",
             "type": m.content.type,
-            "content": content,
+            "content": m.content.model_dump(mode="json"),
             "context": m.context.model_dump(mode="json", exclude_none=True) if m.context else None,
             "referral": m.referral.model_dump(mode="json", exclude_none=True) if m.referral else None,
             "errors": [e.model_dump(mode="json", exclude_none=True) for e in m.errors],
@@ -123,49 +194,57 @@ class MessageRepository:
         try:
             await self._c.messages.insert_one(doc)
         except DuplicateKeyError:
-            existing = await self._c.messages.find_one({"tenant_id": tenant_id, "_id": message_id})
+            existing = await self._c.messages.find_one({"_id": message_key})
             if existing is not None and existing.get("counted"):
                 return message_id
-        await self._chats.apply_inbound(chat["_id"], tenant_id, message_id, m, cause)
-        async with self._c.hold("messages", message_id):
-            await self._c.messages.update_one({"tenant_id": tenant_id, "_id": message_id}, {"$set": {"counted": True}})
+        with contextlib.suppress(DuplicateKeyError):
+            await self._c.wamids.insert_one({"_id": key(tenant_id, m.wamid), "message_id": message_id})
+        self._index.load(chat["_id"], doc, "message")
+        await self._chats.apply_inbound(chat["chat_id"], tenant_id, message_id, m, cause)
+        async with self._c.hold("messages", message_key):
+            await self._c.messages.update_one({"_id": message_key}, {"$set": {"counted": True}})
         return message_id
 
     # --- statuses ------------------------------------------------------------------------------------------------
-    async def apply_status(self, tenant_id: str, status: MessageStatus, event_id: str) -> None:
+    async def _by_wamid(self, tenant_id: str, wamid: str) -> str | None:
+        found = await self._c.wamids.find_one({"_id": key(tenant_id, wamid)})
+        return key(tenant_id, found["message_id"]) if found else None
+
+    async def apply_status(self, tenant_id: str, status: MessageStatus) -> None:
         """Forward-only (see domain.delivery_state); a status for an unknown wamid waits as an orphan."""
-        message = await self._c.messages.find_one({"tenant_id": tenant_id, "wamid": status.wamid})
-        if message is None:
-            orphan = {"_id": event_id, "tenant_id": tenant_id, "wamid": status.wamid, "report": _report(status)}
-            with contextlib.suppress(DuplicateKeyError):
-                await self._c.orphan_statuses.insert_one(orphan)
-            # send.accepted may have stored the wamid meanwhile (another topic, another worker): look again, so
-            # one of the two always sees the other.
-            message = await self._c.messages.find_one({"tenant_id": tenant_id, "wamid": status.wamid})
-            if message is not None:
-                await self._adopt_orphans(tenant_id, status.wamid)
+        message_key = await self._by_wamid(tenant_id, status.wamid)
+        if message_key is not None:
+            await self._merge_reports(message_key, [_report(status)])
             return
-        await self._merge_reports(tenant_id, message["_id"], [_report(status)])
+        orphan_key = key(tenant_id, status.wamid)
+        async with self._c.hold("orphan_statuses", orphan_key):
+            held = await self._c.orphan_statuses.find_one({"_id": orphan_key})
+            if held is None:
+                await self._c.orphan_statuses.insert_one({"_id": orphan_key, "reports": [_report(status)]})
+            else:
+                await self._c.orphan_statuses.update_one({"_id": orphan_key}, {"$push": {"reports": _report(status)}})
+        # send.accepted may have stored the wamid meanwhile (another topic, another worker): look again, so one
+        # of the two always sees the other.
+        if await self._by_wamid(tenant_id, status.wamid) is not None:
+            await self._adopt_orphans(tenant_id, status.wamid)
 
     async def _adopt_orphans(self, tenant_id: str, wamid: str) -> None:
-        orphans = await self._c.orphan_statuses.find({"tenant_id": tenant_id, "wamid": wamid}).to_list()
-        if not orphans:
+        message_key = await self._by_wamid(tenant_id, wamid)
+        orphan_key = key(tenant_id, wamid)
+        if message_key is None:
             return
-        message = await self._c.messages.find_one({"tenant_id": tenant_id, "wamid": wamid})
-        if message is None:
-            return
-        await self._merge_reports(tenant_id, message["_id"], [o["report"] for o in orphans])
-        await self._c.orphan_statuses.delete_many({"tenant_id": tenant_id, "_id": {"$in": [o["_id"] for o in orphans]}})
+        async with self._c.hold("orphan_statuses", orphan_key):
+            held = await self._c.orphan_statuses.find_one({"_id": orphan_key})
+            if held is None:
+                return
+            await self._merge_reports(message_key, held["reports"])
+            await self._c.orphan_statuses.delete_one({"_id": orphan_key})
 
-    async def _merge_reports(self, tenant_id: str, message_id: str, new_reports: list[Document]) -> None:
-        async with self._c.hold("messages", message_id):
-            await self._merge_reports_held(tenant_id, message_id, new_reports)
-
-    async def _merge_reports_held(self, tenant_id: str, message_id: str, new_reports: list[Document]) -> None:
-        for _ in range(MAX_ATTEMPTS):
-            message = await self._c.messages.find_one({"tenant_id": tenant_id, "_id": message_id})
+    async def _merge_reports(self, message_key: str, new_reports: list[Document]) -> None:
+        async with self._c.hold("messages", message_key):
+            message = await self._c.messages.find_one({"_id": message_key})
             if message is None:
-                raise MessageNotFound(message_id)
+                raise MessageNotFound(message_key)
             reports: list[Document] = list(message.get("reports", []))
             added = False
             for report in new_reports:
@@ -175,54 +254,48 @@ class MessageRepository:
             if not added:
                 return
             reports.sort(key=lambda r: (r["at"], domain.STATUS_RANK.get(r["status"], 9)))
-            result = await self._c.messages.update_one(
-                {"tenant_id": tenant_id, "_id": message_id, "rev": message.get("rev", 0)},
-                {"$set": {"reports": reports, **_visible_state(message, reports)}, "$inc": {"rev": 1}},
+            await self._c.messages.update_one(
+                {"_id": message_key}, {"$set": {"reports": reports, **_visible_state(message, reports)}}
             )
-            if result.matched_count:
-                return
-        raise ConcurrentUpdate(f"message {message_id} kept changing")
 
     async def accept(self, tenant_id: str, accepted: SendAccepted) -> None:
         """Outbound sent it: the wamid arrives, and any status that came first is applied now."""
         message_id = domain.outbound_message_id(tenant_id, accepted.request_id)
-        async with self._c.hold("messages", message_id):
-            await self._accept(tenant_id, message_id, accepted)
+        message_key = key(tenant_id, message_id)
+        async with self._c.hold("messages", message_key):
+            message = await self._c.messages.find_one({"_id": message_key})
+            if message is None:
+                return  # not a request of ours
+            if message["lifecycle_status"] == "pending":
+                now = self._clock()
+                changed = message | {"lifecycle_status": "accepted", "lifecycle_at": now}
+                await self._c.messages.update_one(
+                    {"_id": message_key},
+                    {
+                        "$set": {
+                            "wamid": accepted.wamid,
+                            "lifecycle_status": "accepted",
+                            "lifecycle_at": now,
+                            **_visible_state(changed, message.get("reports", [])),
+                        }
+                    },
+                )
+        with contextlib.suppress(DuplicateKeyError):
+            await self._c.wamids.insert_one({"_id": key(tenant_id, accepted.wamid), "message_id": message_id})
         await self._adopt_orphans(tenant_id, accepted.wamid)
 
-    async def _accept(self, tenant_id: str, message_id: str, accepted: SendAccepted) -> None:
-        for _ in range(MAX_ATTEMPTS):
-            message = await self._c.messages.find_one({"tenant_id": tenant_id, "_id": message_id})
-            if message is None or message["lifecycle_status"] != "pending":
-                # Not a request of ours, or already applied (a redelivery).
-                return
-            now = self._clock()
-            changed = message | {"lifecycle_status": "accepted", "lifecycle_at": now}
-            result = await self._c.messages.update_one(
-                {"tenant_id": tenant_id, "_id": message_id, "rev": message.get("rev", 0)},
-                {
-                    "$set": {
-                        "wamid": accepted.wamid,
-                        "lifecycle_status": "accepted",
-                        "lifecycle_at": now,
-                        **_visible_state(changed, message.get("reports", [])),
-                    },
-                    "$inc": {"rev": 1},
-                },
-            )
-            if result.matched_count:
-                return
-        raise ConcurrentUpdate(f"message {message_id} kept changing")
-
     async def reject(self, tenant_id: str, rejected: SendRejected) -> None:
-        message_id = domain.outbound_message_id(tenant_id, rejected.request_id)
+        message_key = key(tenant_id, domain.outbound_message_id(tenant_id, rejected.request_id))
         rejection: Document = {"reason": rejected.reason, "message": rejected.message}
         if rejected.meta_error is not None:
             rejection |= {"code": rejected.meta_error.code, "title": rejected.meta_error.title}
-        now = self._clock()
-        async with self._c.hold("messages", message_id):
+        async with self._c.hold("messages", message_key):
+            message = await self._c.messages.find_one({"_id": message_key})
+            if message is None or message["lifecycle_status"] != "pending":
+                return
+            now = self._clock()
             await self._c.messages.update_one(
-                {"tenant_id": tenant_id, "_id": message_id, "lifecycle_status": "pending"},
+                {"_id": message_key},
                 {
                     "$set": {
                         "lifecycle_status": "failed",
@@ -231,15 +304,17 @@ class MessageRepository:
                         "status": "failed",
                         "status_at": now,
                         "failure": rejection,
-                    },
-                    "$inc": {"rev": 1},
+                    }
                 },
             )
 
     # --- sending -------------------------------------------------------------------------------------------------
     async def find_request(self, tenant_id: str, request_id: str) -> Document | None:
         message_id = domain.outbound_message_id(tenant_id, request_id)
-        return await self._c.messages.find_one({"tenant_id": tenant_id, "_id": message_id})
+        return await self._c.messages.find_one({"_id": key(tenant_id, message_id)})
+
+    def same_request(self, existing: Document, message: OutgoingMessage, reply_to_wamid: str | None) -> bool:
+        return bool(existing.get("request_hash") == request_hash(message, reply_to_wamid))
 
     async def store_send(
         self,
@@ -257,13 +332,14 @@ class MessageRepository:
         """
         tenant_id: str = chat["tenant_id"]
         message_id = domain.outbound_message_id(tenant_id, request_id)
+        message_key = key(tenant_id, message_id)
         fingerprint = request_hash(message, reply_to_wamid)
-        now = self._clock()
+        now = domain.millis(self._clock())
         event = SendRequestedEvent.new(
             tenant_id=tenant_id,
             payload=SendRequested(
                 request_id=request_id,
-                chat_id=chat["_id"],
+                chat_id=chat["chat_id"],
                 phone_number_id=chat["phone_number_id"],
                 wa_id=chat["wa_id"],
                 message=message,
@@ -277,9 +353,10 @@ class MessageRepository:
         if content["type"] == "text":
             content.pop("preview_url", None)
         doc: Document = {
-            "_id": message_id,
+            "_id": message_key,
+            "message_id": message_id,
             "tenant_id": tenant_id,
-            "chat_id": chat["_id"],
+            "chat_id": chat["chat_id"],
             "wamid": domain.pending_wamid(message_id),
             "direction": "out",
             "type": content["type"],
@@ -297,13 +374,12 @@ class MessageRepository:
             "status_at": now,
             "failure": None,
             "reports": [],
-            "rev": 0,
             "outbox": [outbox_entry(event)],
         }
         try:
             await self._c.messages.insert_one(doc)
         except DuplicateKeyError:
-            existing = await self._c.messages.find_one({"tenant_id": tenant_id, "_id": message_id})
+            existing = await self._c.messages.find_one({"_id": message_key})
             if existing is None:
                 raise
             if existing.get("request_hash") != fingerprint:
@@ -311,10 +387,11 @@ class MessageRepository:
                     "this Idempotency-Key was already used for a different message"
                 ) from None
             return existing
-        self._parked("messages", message_id)
+        self._parked("messages", message_key)
+        self._index.load(chat["_id"], doc, "message")
         await self._chats.note_outbound(
             tenant_id,
-            chat["_id"],
+            chat["chat_id"],
             {
                 "message_id": message_id,
                 "wamid": None,
@@ -326,75 +403,45 @@ class MessageRepository:
         )
         return doc
 
-    def same_request(self, existing: Document, message: OutgoingMessage, reply_to_wamid: str | None) -> bool:
-        return bool(existing.get("request_hash") == request_hash(message, reply_to_wamid))
-
     # --- reading ---------------------------------------------------------------------------------------------------
     async def get(self, tenant_id: str, chat_id: str, message_id: str) -> Document:
-        message = await self._c.messages.find_one(
-            {"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id, "hidden": False}, HIDDEN_FROM_TIMELINE
-        )
-        if message is None:
+        message = await self._c.messages.find_one({"_id": key(tenant_id, message_id)}, NOT_SHOWN)
+        if message is None or message["chat_id"] != chat_id or message["hidden"]:
             raise MessageNotFound(message_id)
-        return (await self._decorate(tenant_id, chat_id, [message]))[0]
+        return (await self._decorate(tenant_id, [message]))[0]
 
     async def timeline(self, tenant_id: str, chat_id: str, cursor: str | None, limit: int) -> Page:
         """Messages and notes of a chat, newest first; reactions ride on their message, replies carry the quote."""
-        base_messages = {"tenant_id": tenant_id, "chat_id": chat_id, "hidden": False, "type": {"$ne": "reaction"}}
-        base_notes = {"tenant_id": tenant_id, "chat_id": chat_id}
-        order = [("at", DESCENDING), ("_id", DESCENDING)]
-        messages = (
-            await self._c.messages.find(page_filter(base_messages, cursor), HIDDEN_FROM_TIMELINE)
-            .sort(order)
-            .limit(limit + 1)
-            .to_list()
-        )
-        notes = (
-            await self._c.notes.find(page_filter(base_notes, cursor), {"outbox": 0})
-            .sort(order)
-            .limit(limit + 1)
-            .to_list()
-        )
-        for note in notes:
-            note["kind"] = "note"
-        for message in messages:
-            message["kind"] = "message"
-        merged = sorted(messages + notes, key=lambda d: (d["at"], d["_id"]), reverse=True)
-        items, cursor_out = next_cursor(merged, limit)
-        decorated = await self._decorate(tenant_id, chat_id, [i for i in items if i["kind"] == "message"])
-        by_id = {d["_id"]: d for d in decorated}
-        return Page([by_id.get(i["_id"], i) if i["kind"] == "message" else i for i in items], cursor_out)
+        entries, cursor_out = self._index.page(key(tenant_id, chat_id), cursor, limit)
+        items: list[Document] = []
+        for _, doc_key, kind in entries:
+            collection = self._c.messages if kind == "message" else self._c.notes
+            doc = await collection.find_one({"_id": doc_key}, NOT_SHOWN)
+            if doc is not None:
+                items.append(doc | {"kind": kind})
+        messages = await self._decorate(tenant_id, [i for i in items if i["kind"] == "message"])
+        by_key = {d["_id"]: d for d in messages}
+        return Page([by_key.get(i["_id"], i) for i in items], cursor_out)
 
-    async def _decorate(self, tenant_id: str, chat_id: str, messages: list[Document]) -> list[Document]:
-        wamids = [m["wamid"] for m in messages]
-        reactions = await self._c.messages.find(
-            {"tenant_id": tenant_id, "chat_id": chat_id, "type": "reaction", "content.message_id": {"$in": wamids}},
-            {"content": 1, "at": 1, "wamid": 1},
-        ).to_list()
-        latest: dict[str, Document] = {}
-        for found in sorted(reactions, key=lambda r: (r["at"], r["_id"])):
-            # One reactor per chat (the customer): the latest reaction replaces the previous one; none removes it.
-            latest[found["content"]["message_id"]] = found
-        quoted_wamids = [m["context"]["quoted_wamid"] for m in messages if (m.get("context") or {}).get("quoted_wamid")]
-        quoted: dict[str, Document] = {}
-        if quoted_wamids:
-            async for quote in self._c.messages.find(
-                {"tenant_id": tenant_id, "wamid": {"$in": quoted_wamids}},
-                {"wamid": 1, "direction": 1, "type": 1, "content": 1, "at": 1, "hidden": 1},
-            ):
-                quoted[quote["wamid"]] = quote
+    async def _decorate(self, tenant_id: str, messages: list[Document]) -> list[Document]:
         out = []
         for message in messages:
             m = dict(message)
-            reaction = latest.get(m["wamid"])
-            emoji = (reaction or {}).get("content", {}).get("emoji")
-            m["reactions"] = [{"emoji": emoji, "at": reaction["at"], "by": "customer"}] if reaction and emoji else []
+            chat_key = key(tenant_id, m["chat_id"])
+            m["reactions"] = []
+            reaction_key = self._index.reaction(chat_key, m["wamid"])
+            if reaction_key:
+                reaction = await self._c.messages.find_one({"_id": reaction_key}, {"content": 1, "at": 1})
+                emoji = (reaction or {}).get("content", {}).get("emoji")
+                if reaction and emoji:
+                    m["reactions"] = [{"emoji": emoji, "at": reaction["at"], "by": "customer"}]
             quoted_wamid = (m.get("context") or {}).get("quoted_wamid")
             if quoted_wamid:
-                q = quoted.get(quoted_wamid)
+                quoted_key = await self._by_wamid(tenant_id, quoted_wamid)
+                q = await self._c.messages.find_one({"_id": quoted_key}) if quoted_key else None
                 m["reply_to"] = {
                     "wamid": quoted_wamid,
-                    "message_id": q["_id"] if q else None,
+                    "message_id": q["message_id"] if q else None,
                     "direction": q["direction"] if q else None,
                     "type": q["type"] if q else None,
                     "preview": domain.preview(q["content"]) if q and not q.get("hidden") else None,
@@ -404,46 +451,49 @@ class MessageRepository:
 
     async def resolve_reply(self, tenant_id: str, chat_id: str, message_id: str) -> str:
         """The wamid to quote for one of this chat's messages (it must have reached WhatsApp)."""
-        message = await self._c.messages.find_one({"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id})
-        if message is None or str(message["wamid"]).startswith("pending:"):
+        message = await self._c.messages.find_one({"_id": key(tenant_id, message_id)})
+        if message is None or message["chat_id"] != chat_id or str(message["wamid"]).startswith("pending:"):
             raise MessageNotFound(message_id)
         return str(message["wamid"])
 
     # --- the agent's own view ---------------------------------------------------------------------------------
     async def hide(self, tenant_id: str, chat_id: str, message_id: str) -> None:
         """Delete for me: gone from this tenant's timeline; the customer's copy is untouched. Idempotent."""
-        async with self._c.hold("messages", message_id):
-            result = await self._c.messages.update_one(
-                {"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id},
-                {"$set": {"hidden": True, "hidden_at": self._clock()}},
-            )
-        if result.matched_count == 0:
-            raise MessageNotFound(message_id)
+        message_key = key(tenant_id, message_id)
+        async with self._c.hold("messages", message_key):
+            message = await self._c.messages.find_one({"_id": message_key}, {"chat_id": 1, "hidden": 1})
+            if message is None or message["chat_id"] != chat_id:
+                raise MessageNotFound(message_id)
+            if not message["hidden"]:
+                await self._c.messages.update_one(
+                    {"_id": message_key}, {"$set": {"hidden": True, "hidden_at": self._clock()}}
+                )
+        self._index.remove(key(tenant_id, chat_id), message_key)
 
     async def mark_unread(self, tenant_id: str, chat_id: str, message_id: str) -> None:
-        async with self._c.hold("messages", message_id):
-            result = await self._c.messages.update_one(
-                {"tenant_id": tenant_id, "chat_id": chat_id, "_id": message_id, "hidden": False},
-                {"$set": {"manual_unread": True}},
-            )
-        if result.matched_count == 0:
-            raise MessageNotFound(message_id)
+        message_key = key(tenant_id, message_id)
+        async with self._c.hold("messages", message_key):
+            message = await self._c.messages.find_one({"_id": message_key}, {"chat_id": 1, "hidden": 1})
+            if message is None or message["chat_id"] != chat_id or message["hidden"]:
+                raise MessageNotFound(message_id)
+            await self._c.messages.update_one({"_id": message_key}, {"$set": {"manual_unread": True}})
 
 
 class NoteRepository:
     """Notes are append-only: there is no update or delete here, by design."""
 
-    def __init__(self, collections: Collections, clock: Clock, parked: Parked) -> None:
+    def __init__(self, collections: Collections, clock: Clock, parked: Parked, index: TimelineIndex) -> None:
         self._c = collections
         self._clock = clock
         self._parked = parked
+        self._index = index
 
     async def add(self, chat: Document, note_id: str, author: str, text: str, correlation_id: str | None) -> Document:
-        now = self._clock()
+        now = domain.millis(self._clock())
         event = NoteAddedEvent.new(
             tenant_id=chat["tenant_id"],
             payload=NoteAdded(
-                chat_id=chat["_id"],
+                chat_id=chat["chat_id"],
                 phone_number_id=chat["phone_number_id"],
                 wa_id=chat["wa_id"],
                 note_id=note_id,
@@ -455,20 +505,23 @@ class NoteRepository:
             clock=lambda: now,
         )
         doc: Document = {
-            "_id": note_id,
+            "_id": key(chat["tenant_id"], note_id),
+            "note_id": note_id,
             "tenant_id": chat["tenant_id"],
-            "chat_id": chat["_id"],
+            "chat_id": chat["chat_id"],
             "author": author,
             "text": text,
             "at": now,
             "outbox": [outbox_entry(event)],
         }
         await self._c.notes.insert_one(doc)
-        self._parked("notes", note_id)
+        self._parked("notes", doc["_id"])
+        self._index.load(chat["_id"], doc, "note")
         return doc
 
     async def get(self, tenant_id: str, chat_id: str, note_id: str) -> Document | None:
-        return await self._c.notes.find_one({"tenant_id": tenant_id, "chat_id": chat_id, "_id": note_id}, {"outbox": 0})
+        note = await self._c.notes.find_one({"_id": key(tenant_id, note_id)}, {"outbox": 0})
+        return note if note is not None and note["chat_id"] == chat_id else None
 
     async def page(
         self,

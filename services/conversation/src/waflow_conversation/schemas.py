@@ -127,7 +127,7 @@ class ChatOut(BaseModel):
         name = (contact or {}).get("name") or (contact or {}).get("profile_name") or doc.get("profile_name")
         expires = doc.get("window_expires_at")
         return cls(
-            chat_id=doc["_id"],
+            chat_id=doc["chat_id"],
             phone_number_id=doc["phone_number_id"],
             wa_id=doc["wa_id"],
             phone_e164="+" + doc["wa_id"],
@@ -267,7 +267,7 @@ class MessageOut(BaseModel):
         wamid: str = doc["wamid"]
         outgoing = doc["direction"] == "out"
         return cls(
-            message_id=doc["_id"],
+            message_id=doc["message_id"],
             chat_id=doc["chat_id"],
             wamid=None if wamid.startswith("pending:") else wamid,
             direction=doc["direction"],
@@ -309,7 +309,7 @@ class NoteOut(BaseModel):
 
     @classmethod
     def from_doc(cls, doc: Document) -> NoteOut:
-        return cls(note_id=doc["_id"], chat_id=doc["chat_id"], author=doc["author"], text=doc["text"], at=doc["at"])
+        return cls(note_id=doc["note_id"], chat_id=doc["chat_id"], author=doc["author"], text=doc["text"], at=doc["at"])
 
 
 TimelineItem = Annotated[MessageOut | NoteOut, Field(discriminator="kind")]
