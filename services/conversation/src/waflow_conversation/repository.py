@@ -51,8 +51,8 @@ from waflow_conversation.outbox_relay import KeyedLocks
 Document = dict[str, Any]
 Parked = Callable[[str, str], None]
 
-# A chat remembers the inbound messages it counted, so a redelivery is not counted twice. Past this many the
-# oldest are dropped: by then their messages have recorded `counted` themselves (see record_inbound).
+# A chat remembers the last inbound messages it counted, so a record redelivered after a crash is not counted
+# twice (see MessageRepository.record_inbound); older duplicates are recognised by the stored message.
 APPLIED_KEEP = 64
 
 
@@ -97,8 +97,6 @@ class Collections:
         self.messages: AsyncCollection[Document] = db["messages"]
         self.notes: AsyncCollection[Document] = db["notes"]
         self.contacts: AsyncCollection[Document] = db["contacts"]
-        # wamid -> message by `_id` = key(tenant, wamid): statuses and replies find their message by `_id` alone.
-        self.wamids: AsyncCollection[Document] = db["wamids"]
         # Statuses that arrived before their message was known, by key(tenant, wamid).
         self.orphan_statuses: AsyncCollection[Document] = db["orphan_statuses"]
 
@@ -162,6 +160,7 @@ class ChatRepository:
         self._clock = clock
         self._parked = parked
         self._numbers = numbers  # a tenant's phone_number_ids: a customer has one chat per number
+        self._known: set[str] = set()
 
     # --- reading ------------------------------------------------------------------------------------------
     async def get(self, tenant_id: str, chat_id: str) -> Document:
@@ -207,9 +206,15 @@ class ChatRepository:
     async def ensure(
         self, tenant_id: str, phone_number_id: str, wa_id: str, *, profile_name: str | None = None
     ) -> Document:
-        """The chat with this customer on this number, created if new (safe to race: the id is derived)."""
+        """The chat with this customer on this number, created if new (safe to race: the id is derived).
+
+        Returns at least `_id` and `chat_id`; chats are never deleted, so one known to exist is not read again.
+        """
         chat_id = domain.chat_id_for(tenant_id, phone_number_id, wa_id)
-        chat = await self._c.chats.find_one({"_id": key(tenant_id, chat_id)})
+        chat_key = key(tenant_id, chat_id)
+        if chat_key in self._known:
+            return {"_id": chat_key, "chat_id": chat_id}
+        chat = await self._c.chats.find_one({"_id": chat_key})
         if chat is None:
             chat = self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, profile_name)
             try:
@@ -217,6 +222,7 @@ class ChatRepository:
             except DuplicateKeyError:
                 return await self.get(tenant_id, chat_id)
             await self._copy_contact(tenant_id, chat_id, wa_id)
+        self._known.add(chat_key)
         return chat
 
     async def open_by_phone(
@@ -333,7 +339,6 @@ class ChatRepository:
             if message_id in applied:
                 return
             sets, push, inc = self._inbound_change(chat, message_id, m, cause)
-            # Only ids whose messages have since recorded `counted` are dropped (see record_inbound).
             sets["applied"] = [*applied[-(APPLIED_KEEP - 1) :], message_id]
             update: Document = {"$set": sets}
             if push:
