@@ -1,0 +1,458 @@
+"""The contacts REST API under /v1: contacts, tags, dynamic fields and lists of the caller's tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from waflow_common.http import ERROR_RESPONSES, error_body, tenant_dependency
+from waflow_common.tenants import Tenant, TenantRegistry
+
+from waflow_contacts import domain
+from waflow_contacts.book import Cause, ContactBook
+from waflow_contacts.domain import ContactRuleError, FieldDefinition, InvalidPhone
+from waflow_contacts.errors import ContactNotFound
+from waflow_contacts.schemas import (
+    BulkResult,
+    Contact,
+    ContactCreate,
+    ContactLists,
+    ContactPage,
+    ContactUpdate,
+    FieldDefinitionIn,
+    FieldDefinitionOut,
+    FieldDefinitions,
+    ListIn,
+    ListOut,
+    Lists,
+    MembersIn,
+    TagCatalogue,
+    TagCount,
+    TagsIn,
+    contact_out,
+)
+from waflow_contacts.search import ContactQuery
+
+
+@dataclass(frozen=True)
+class ContactsContext:
+    registry: TenantRegistry
+    book: ContactBook
+
+
+def _context(request: Request) -> ContactsContext:
+    ctx: ContactsContext = request.app.state.contacts
+    return ctx
+
+
+def _registry(request: Request) -> TenantRegistry:
+    return _context(request).registry
+
+
+def _book(request: Request) -> ContactBook:
+    return _context(request).book
+
+
+def _cause(request: Request) -> Cause:
+    return Cause(getattr(request.state, "correlation_id", None) or "")
+
+
+CurrentTenant = Annotated[Tenant, Depends(tenant_dependency(_registry))]
+Book = Annotated[ContactBook, Depends(_book)]
+RequestCause = Annotated[Cause, Depends(_cause)]
+ContactId = Annotated[str, Path(max_length=64, examples=["c_4f1c2a9e8b7d6c5b4a392817"])]
+ListId = Annotated[str, Path(max_length=64, examples=["l_9a8b7c6d5e4f3a2b"])]
+
+INVALID_RULE = {
+    "description": "Invalid input; `details.field` names what was wrong",
+    "content": {
+        "application/json": {
+            "example": error_body(
+                "invalid_field",
+                "fields.orders: expected a number",
+                {"field": "fields.orders", "reason": "expected a number"},
+            )
+        }
+    },
+}
+RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 422: INVALID_RULE}
+
+
+def install_rule_errors(app: FastAPI) -> None:
+    """A refused rule (bad phone, tag, field value) is a 422 that names the field and the reason."""
+
+    @app.exception_handler(ContactRuleError)
+    async def on_rule_error(_: Request, exc: ContactRuleError) -> JSONResponse:
+        code = "invalid_phone" if isinstance(exc, InvalidPhone) else "invalid_field"
+        return JSONResponse(error_body(code, str(exc), {"field": exc.field, "reason": exc.reason}), status_code=422)
+
+
+router = APIRouter(prefix="/v1", responses=RESPONSES)
+
+# --- contacts ------------------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/contacts",
+    tags=["contacts"],
+    summary="Create a contact by phone number (an existing number returns the existing contact)",
+    response_model=Contact,
+    status_code=201,
+    responses={200: {"description": "The number already had a contact; it is returned unchanged", "model": Contact}},
+)
+async def create_contact(
+    body: ContactCreate, tenant: CurrentTenant, book: Book, cause: RequestCause, response: Response
+) -> Contact:
+    phone = domain.normalise_phone(body.phone)
+    updates: dict[str, Any] = {"fields": body.fields} if body.fields else {}
+    if body.name is not None:
+        updates["name"] = body.name
+    outcome = await book.create(tenant.tenant_id, phone, updates, body.tags, cause)
+    if not outcome.created:
+        response.status_code = 200
+    return contact_out(outcome.contact)
+
+
+@router.get(
+    "/contacts",
+    tags=["contacts"],
+    summary="List, search and filter contacts (cursor pagination, stable order: name, then number)",
+    response_model=ContactPage,
+)
+async def list_contacts(
+    tenant: CurrentTenant,
+    book: Book,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="name or phone substring; case- and accent-insensitive; phone in any common format",
+            examples=["maria", "+34 612", "(555) 765"],
+        ),
+    ] = None,
+    tag: Annotated[list[str], Query(max_length=10, description="contacts with every one of these tags")] = [],  # noqa: B006
+    list_id: Annotated[str | None, Query(alias="list", max_length=64, description="members of this list")] = None,
+    deleted: Annotated[bool, Query(description="true: only deleted (blacklisted) contacts")] = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> ContactPage:
+    tags = tuple(domain.normalise_tags(tag))
+    query = ContactQuery(search=q or None, tags=tags, list_id=list_id, deleted=deleted)
+    contacts, next_cursor = await book.search(tenant.tenant_id, query, limit=limit, cursor=cursor)
+    return ContactPage(items=[contact_out(c) for c in contacts], next_cursor=next_cursor)
+
+
+@router.get(
+    "/contacts/by-phone/{phone}",
+    tags=["contacts"],
+    summary="Find a contact by phone number in any common format",
+    response_model=Contact,
+)
+async def contact_by_phone(
+    tenant: CurrentTenant,
+    book: Book,
+    phone: Annotated[str, Path(max_length=40, examples=["+34612345678"])],
+) -> Contact:
+    try:
+        number = domain.normalise_phone(phone)
+    except InvalidPhone:
+        # Meta's wa_ids are looked up as they are, even where a number library doubts them (test numbers).
+        digits = domain.phone_query_digits(phone)
+        if not digits or not 7 <= len(digits) <= 15:
+            raise
+        number = domain.PhoneNumber(e164="+" + digits, wa_id=digits)
+    contact = await book.find_by_phone(tenant.tenant_id, number)
+    if contact is None:
+        raise ContactNotFound("contact not found")
+    return contact_out(contact)
+
+
+@router.get("/contacts/{contact_id}", tags=["contacts"], summary="Read a contact", response_model=Contact)
+async def get_contact(contact_id: ContactId, tenant: CurrentTenant, book: Book) -> Contact:
+    return contact_out(await book.get(tenant.tenant_id, contact_id))
+
+
+@router.patch(
+    "/contacts/{contact_id}",
+    tags=["contacts"],
+    summary="Update a contact's name and dynamic field values",
+    response_model=Contact,
+)
+async def update_contact(
+    contact_id: ContactId, body: ContactUpdate, tenant: CurrentTenant, book: Book, cause: RequestCause
+) -> Contact:
+    updates = {k: getattr(body, k) for k in body.model_fields_set}
+    outcome = await book.edit(tenant.tenant_id, contact_id, updates, cause)
+    return contact_out(outcome.contact)
+
+
+@router.delete(
+    "/contacts/{contact_id}",
+    tags=["contacts"],
+    summary="Delete a contact: it is kept, blacklisted (never messaged again) and hidden from the normal listing",
+    response_model=Contact,
+)
+async def delete_contact(
+    contact_id: ContactId,
+    tenant: CurrentTenant,
+    book: Book,
+    cause: RequestCause,
+    actor: Annotated[
+        str, Header(alias="X-Actor", max_length=200, description="who deletes (an agent id); recorded as deleted_by")
+    ] = "api",
+) -> Contact:
+    outcome = await book.change(tenant.tenant_id, contact_id, domain.blacklist(actor, book.now()), cause)
+    return contact_out(outcome.contact)
+
+
+@router.post(
+    "/contacts/{contact_id}/restore",
+    tags=["contacts"],
+    summary="Restore a deleted contact (lifts the blacklist)",
+    response_model=Contact,
+)
+async def restore_contact(contact_id: ContactId, tenant: CurrentTenant, book: Book, cause: RequestCause) -> Contact:
+    outcome = await book.change(tenant.tenant_id, contact_id, domain.restore, cause)
+    return contact_out(outcome.contact)
+
+
+@router.post(
+    "/contacts/{contact_id}/tags",
+    tags=["tags"],
+    summary="Add tags to a contact (normalised; adding a tag it has changes nothing)",
+    response_model=Contact,
+)
+async def add_tags(
+    contact_id: ContactId, body: TagsIn, tenant: CurrentTenant, book: Book, cause: RequestCause
+) -> Contact:
+    outcome = await book.change(tenant.tenant_id, contact_id, domain.add_tags(body.tags), cause)
+    return contact_out(outcome.contact)
+
+
+@router.delete(
+    "/contacts/{contact_id}/tags/{tag}",
+    tags=["tags"],
+    summary="Remove a tag from a contact (removing a tag it lacks changes nothing)",
+    response_model=Contact,
+)
+async def remove_tag(
+    contact_id: ContactId,
+    tag: Annotated[str, Path(max_length=100, examples=["vip"])],
+    tenant: CurrentTenant,
+    book: Book,
+    cause: RequestCause,
+) -> Contact:
+    outcome = await book.change(tenant.tenant_id, contact_id, domain.remove_tag(tag), cause)
+    return contact_out(outcome.contact)
+
+
+@router.get(
+    "/contacts/{contact_id}/lists",
+    tags=["lists"],
+    summary="The lists a contact belongs to",
+    response_model=ContactLists,
+)
+async def contact_lists(contact_id: ContactId, tenant: CurrentTenant, book: Book) -> ContactLists:
+    contact = await book.get(tenant.tenant_id, contact_id)
+    return ContactLists(items=list(contact.lists))
+
+
+@router.get(
+    "/tags",
+    tags=["tags"],
+    summary="The tenant's tag catalogue with the number of contacts per tag",
+    response_model=TagCatalogue,
+)
+async def tag_catalogue(tenant: CurrentTenant, book: Book) -> TagCatalogue:
+    counts = book.directory.tag_counts(tenant.tenant_id)
+    return TagCatalogue(items=[TagCount(tag=t, contacts=n) for t, n in counts.items()])
+
+
+# --- dynamic fields ------------------------------------------------------------------------------------------
+
+
+def _definition_out(d: FieldDefinition) -> FieldDefinitionOut:
+    return FieldDefinitionOut(key=d.key, label=d.label, type=d.type, options=list(d.options), retired=d.retired)
+
+
+@router.get(
+    "/fields",
+    tags=["fields"],
+    summary="The tenant's dynamic field definitions (retired ones too)",
+    response_model=FieldDefinitions,
+)
+async def list_fields(tenant: CurrentTenant, book: Book) -> FieldDefinitions:
+    return FieldDefinitions(items=[_definition_out(d) for d in await book.definitions(tenant.tenant_id)])
+
+
+@router.post(
+    "/fields",
+    tags=["fields"],
+    summary="Define a field (or re-activate a retired one of the same type; its values come back)",
+    response_model=FieldDefinitionOut,
+    status_code=201,
+    responses={
+        200: {
+            "description": "The field existed with this type; label updated, re-activated",
+            "model": FieldDefinitionOut,
+        },
+        409: {
+            "description": "The key exists with another type or options",
+            "content": {"application/json": {"example": error_body("field_conflict", "field 'age' exists as number")}},
+        },
+    },
+)
+async def define_field(
+    body: FieldDefinitionIn, tenant: CurrentTenant, book: Book, response: Response
+) -> FieldDefinitionOut:
+    definition, created = await book.define_field(
+        tenant.tenant_id, FieldDefinition(body.key, body.label, body.type, tuple(body.options))
+    )
+    if not created:
+        response.status_code = 200
+    return _definition_out(definition)
+
+
+@router.delete(
+    "/fields/{key}",
+    tags=["fields"],
+    summary="Retire a field: stored values are kept, new values are refused",
+    response_model=FieldDefinitionOut,
+)
+async def retire_field(
+    key: Annotated[str, Path(max_length=40, examples=["city"])], tenant: CurrentTenant, book: Book
+) -> FieldDefinitionOut:
+    return _definition_out(await book.retire_field(tenant.tenant_id, key))
+
+
+# --- lists ---------------------------------------------------------------------------------------------------
+
+LIST_NAME_TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "Another list has this name",
+        "content": {"application/json": {"example": error_body("list_name_taken", "a list named 'VIP' exists")}},
+    }
+}
+
+
+def _list_out(view: Any) -> ListOut:
+    return ListOut(list_id=view.list_id, name=view.name, members=view.members, created_at=view.created_at)
+
+
+@router.get("/lists", tags=["lists"], summary="The tenant's static lists with member counts", response_model=Lists)
+async def all_lists(tenant: CurrentTenant, book: Book) -> Lists:
+    return Lists(items=[_list_out(v) for v in await book.lists(tenant.tenant_id)])
+
+
+@router.post(
+    "/lists",
+    tags=["lists"],
+    summary="Create a static list",
+    response_model=ListOut,
+    status_code=201,
+    responses=LIST_NAME_TAKEN,
+)
+async def create_list(body: ListIn, tenant: CurrentTenant, book: Book) -> ListOut:
+    return _list_out(await book.create_list(tenant.tenant_id, body.name))
+
+
+@router.get("/lists/{list_id}", tags=["lists"], summary="Read a list", response_model=ListOut)
+async def get_list(list_id: ListId, tenant: CurrentTenant, book: Book) -> ListOut:
+    return _list_out(await book.get_list(tenant.tenant_id, list_id))
+
+
+@router.patch(
+    "/lists/{list_id}", tags=["lists"], summary="Rename a list", response_model=ListOut, responses=LIST_NAME_TAKEN
+)
+async def rename_list(list_id: ListId, body: ListIn, tenant: CurrentTenant, book: Book, cause: RequestCause) -> ListOut:
+    return _list_out(await book.rename_list(tenant.tenant_id, list_id, body.name, cause))
+
+
+@router.delete(
+    "/lists/{list_id}",
+    tags=["lists"],
+    summary="Delete a list (its members leave it; the contacts stay)",
+    status_code=204,
+    response_class=Response,
+)
+async def delete_list(list_id: ListId, tenant: CurrentTenant, book: Book, cause: RequestCause) -> Response:
+    await book.delete_list(tenant.tenant_id, list_id, cause)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/lists/{list_id}/members",
+    tags=["lists"],
+    summary="A list's members (same order, cursor and `deleted` filter as the contact listing)",
+    response_model=ContactPage,
+)
+async def list_members(
+    list_id: ListId,
+    tenant: CurrentTenant,
+    book: Book,
+    deleted: Annotated[bool, Query(description="true: only deleted (blacklisted) members")] = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> ContactPage:
+    await book.get_list(tenant.tenant_id, list_id)
+    query = ContactQuery(list_id=list_id, deleted=deleted)
+    contacts, next_cursor = await book.search(tenant.tenant_id, query, limit=limit, cursor=cursor)
+    return ContactPage(items=[contact_out(c) for c in contacts], next_cursor=next_cursor)
+
+
+@router.put(
+    "/lists/{list_id}/members/{contact_id}",
+    tags=["lists"],
+    summary="Add one contact to a list (idempotent)",
+    response_model=Contact,
+)
+async def add_member(
+    list_id: ListId, contact_id: ContactId, tenant: CurrentTenant, book: Book, cause: RequestCause
+) -> Contact:
+    outcome = await book.set_membership(tenant.tenant_id, list_id, [contact_id], member=True, cause=cause)
+    if outcome.not_found:
+        raise ContactNotFound("contact not found")
+    return contact_out(await book.get(tenant.tenant_id, contact_id))
+
+
+@router.delete(
+    "/lists/{list_id}/members/{contact_id}",
+    tags=["lists"],
+    summary="Remove one contact from a list (idempotent)",
+    response_model=Contact,
+)
+async def remove_member(
+    list_id: ListId, contact_id: ContactId, tenant: CurrentTenant, book: Book, cause: RequestCause
+) -> Contact:
+    outcome = await book.set_membership(tenant.tenant_id, list_id, [contact_id], member=False, cause=cause)
+    if outcome.not_found:
+        raise ContactNotFound("contact not found")
+    return contact_out(await book.get(tenant.tenant_id, contact_id))
+
+
+@router.post(
+    "/lists/{list_id}/members",
+    tags=["lists"],
+    summary="Add up to 1,000 contacts to a list at once",
+    response_model=BulkResult,
+)
+async def add_members(
+    list_id: ListId, body: MembersIn, tenant: CurrentTenant, book: Book, cause: RequestCause
+) -> BulkResult:
+    outcome = await book.set_membership(tenant.tenant_id, list_id, body.contact_ids, member=True, cause=cause)
+    return BulkResult(changed=outcome.changed, unchanged=outcome.unchanged, not_found=outcome.not_found)
+
+
+@router.post(
+    "/lists/{list_id}/members/remove",
+    tags=["lists"],
+    summary="Remove up to 1,000 contacts from a list at once",
+    response_model=BulkResult,
+)
+async def remove_members(
+    list_id: ListId, body: MembersIn, tenant: CurrentTenant, book: Book, cause: RequestCause
+) -> BulkResult:
+    outcome = await book.set_membership(tenant.tenant_id, list_id, body.contact_ids, member=False, cause=cause)
+    return BulkResult(changed=outcome.changed, unchanged=outcome.unchanged, not_found=outcome.not_found)

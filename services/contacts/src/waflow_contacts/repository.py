@@ -1,0 +1,148 @@
+"""Every MongoDB call of the contacts service; each document's `_id` starts with its tenant id.
+
+Design for FerretDB v1 (SQLite), which pushes only an exact `_id` filter down and otherwise reads the whole
+collection, and whose updates are read-modify-write without isolation (100 concurrent `$inc` on one
+document end at 8): every read and write addresses one document by `_id` (`<tenant_id>:<id>`, so a foreign
+id simply does not exist), writes to one document are serialised in this process (see book.KeyedLocks),
+and whole-collection reads happen once, at start. The secondary indexes below serve MongoDB proper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from waflow_common.events.contacts import ContactSnapshot
+from waflow_common.outbox import OUTBOX_FIELD
+
+from waflow_contacts.domain import FieldDefinition, FieldType
+
+Document = dict[str, Any]
+
+_SNAPSHOT_FIELDS = set(ContactSnapshot.model_fields)
+
+
+def contact_key(tenant_id: str, contact_id: str) -> str:
+    return f"{tenant_id}:{contact_id}"
+
+
+def contact_document(tenant_id: str, contact: ContactSnapshot) -> Document:
+    return {"_id": contact_key(tenant_id, contact.contact_id), "tenant_id": tenant_id, **contact.model_dump()}
+
+
+def snapshot_of(doc: Document) -> ContactSnapshot:
+    return ContactSnapshot.model_validate({k: v for k, v in doc.items() if k in _SNAPSHOT_FIELDS})
+
+
+class ContactRepository:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.contacts = db["contacts"]
+        # Which contacts have parked events: written before the change, so the relay never has to scan the
+        # contacts collection to find them (see relay.py).
+        self.pending = db["outbox_pending"]
+        self.fields = db["field_definitions"]
+        self.lists = db["lists"]
+
+    async def ensure_indexes(self) -> None:
+        # One index per call: FerretDB v1 drops the connection when a multi-index createIndexes finds them all
+        # already there (a restart), while a single existing index is answered as MongoDB does.
+        for index in (
+            IndexModel([("tenant_id", ASCENDING), ("wa_id", ASCENDING)], unique=True, name="tenant_wa_id"),
+            IndexModel([("tenant_id", ASCENDING), ("tags", ASCENDING)], name="tenant_tags"),
+            IndexModel([("tenant_id", ASCENDING), ("lists.list_id", ASCENDING)], name="tenant_lists"),
+        ):
+            await self.contacts.create_indexes([index])
+
+    # --- contacts ---------------------------------------------------------------------------------------------
+
+    async def get(self, tenant_id: str, contact_id: str) -> ContactSnapshot | None:
+        doc = await self.contacts.find_one({"_id": contact_key(tenant_id, contact_id)}, {OUTBOX_FIELD: 0})
+        return snapshot_of(doc) if doc else None
+
+    async def save(self, tenant_id: str, contact: ContactSnapshot, entry: Document) -> None:
+        """The change and its event in one update of one document (the embedded outbox)."""
+        doc = contact_document(tenant_id, contact)
+        key = doc.pop("_id")
+        await self.pending.update_one({"_id": key}, {"$set": {"tenant_id": tenant_id}}, upsert=True)
+        await self.contacts.update_one({"_id": key}, {"$set": doc, "$push": {OUTBOX_FIELD: entry}}, upsert=True)
+
+    async def all_contacts(self) -> AsyncIterator[tuple[str, ContactSnapshot]]:
+        """Every tenant's contacts, once at start: one pass over the collection rather than one per tenant."""
+        async for doc in self.contacts.find({}, {OUTBOX_FIELD: 0}):
+            yield doc["tenant_id"], snapshot_of(doc)
+
+    async def insert_many(self, tenant_id: str, contacts: Sequence[ContactSnapshot]) -> None:
+        """Seeds (the benchmark): no events, as if they had been relayed long ago."""
+        docs = [contact_document(tenant_id, c) | {OUTBOX_FIELD: []} for c in contacts]
+        if docs:
+            await self.contacts.insert_many(docs, ordered=False)
+
+    # --- outbox ------------------------------------------------------------------------------------------------
+
+    async def pending_keys(self, limit: int = 500) -> list[str]:
+        return [doc["_id"] async for doc in self.pending.find({}, {"_id": 1}).limit(limit)]
+
+    async def parked_events(self, key: str) -> list[Document]:
+        doc = await self.contacts.find_one({"_id": key}, {OUTBOX_FIELD: 1})
+        return list(doc.get(OUTBOX_FIELD) or []) if doc else []
+
+    async def clear_parked(self, key: str, entries: list[Document]) -> None:
+        """Removes exactly the published entries, as read back.
+
+        `$pullAll` with whole entries, because FerretDB v1's `$pull` ignores conditions on embedded
+        documents (`{"$pull": {"outbox": {"event_id": {"$in": [...]}}}}` matches nothing there).
+        """
+        if entries:
+            await self.contacts.update_one({"_id": key}, {"$pullAll": {OUTBOX_FIELD: entries}})
+        await self.pending.delete_one({"_id": key})
+
+    # --- field definitions (one document per tenant) ------------------------------------------------------------
+
+    async def definitions(self, tenant_id: str) -> dict[str, FieldDefinition]:
+        doc = await self.fields.find_one({"_id": tenant_id})
+        return {
+            key: FieldDefinition(
+                key=key,
+                label=d["label"],
+                type=FieldType(d["type"]),
+                options=tuple(d.get("options") or ()),
+                retired=bool(d.get("retired")),
+            )
+            for key, d in ((doc or {}).get("definitions") or {}).items()
+        }
+
+    async def save_definition(self, tenant_id: str, definition: FieldDefinition) -> None:
+        value = {
+            "label": definition.label,
+            "type": definition.type.value,
+            "options": list(definition.options),
+            "retired": definition.retired,
+        }
+        await self.fields.update_one(
+            {"_id": tenant_id},
+            {"$set": {"tenant_id": tenant_id, f"definitions.{definition.key}": value}},
+            upsert=True,
+        )
+
+    # --- lists (one document per tenant) -----------------------------------------------------------------------
+
+    async def lists_of(self, tenant_id: str) -> dict[str, Document]:
+        """list_id → {name, created_at, pending}; `pending` marks a rename or delete not yet on every member."""
+        doc = await self.lists.find_one({"_id": tenant_id})
+        return dict((doc or {}).get("lists") or {})
+
+    async def all_pending_lists(self) -> AsyncIterator[tuple[str, str, Document]]:
+        async for doc in self.lists.find({}):
+            for list_id, value in (doc.get("lists") or {}).items():
+                if value.get("pending"):
+                    yield doc["_id"], list_id, value
+
+    async def save_list(self, tenant_id: str, list_id: str, value: Document) -> None:
+        await self.lists.update_one(
+            {"_id": tenant_id}, {"$set": {"tenant_id": tenant_id, f"lists.{list_id}": value}}, upsert=True
+        )
+
+    async def drop_list(self, tenant_id: str, list_id: str) -> None:
+        await self.lists.update_one({"_id": tenant_id}, {"$unset": {f"lists.{list_id}": ""}})
