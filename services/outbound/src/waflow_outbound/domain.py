@@ -1,0 +1,156 @@
+"""Outbound's pure rules: the window, Meta's error codes, pacing per number and per recipient, retry backoff."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from waflow_common.events.outbound import RejectReason
+
+WINDOW = timedelta(hours=24)
+
+
+def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
+    """The customer-service window: 24 hours from Meta's timestamp of the customer's last message."""
+    return last_inbound_at is not None and now < last_inbound_at + WINDOW
+
+
+# --- Meta's answers ----------------------------------------------------------------------------------------------
+
+Handling = Literal["accept", "reject", "retry", "slow_number", "slow_recipient"]
+
+# Codes Meta documents as temporary (REFERENCE §8); everything else is permanent unless HTTP says 5xx.
+_TEMPORARY = frozenset({131000, 131016, 131057, 2})
+_AUTH = frozenset({0, 10, 190, *range(200, 300)})
+_REASONS: dict[int, RejectReason] = {
+    131047: "window_closed",
+    132000: "template_params",
+    132012: "template_params",
+    132001: "template_unknown",
+    132015: "template_unknown",
+    132016: "template_unknown",
+    131026: "undeliverable",
+}
+
+
+@dataclass(frozen=True)
+class MetaFailure:
+    """A call that did not send: Meta's error (code/title/details) or a transport failure (code None)."""
+
+    http_status: int | None
+    code: int | None
+    title: str | None = None
+    details: str | None = None
+
+    @property
+    def handling(self) -> Handling:
+        if self.code == 130429:
+            return "slow_number"
+        if self.code == 131056:
+            return "slow_recipient"
+        if self.code is None or self.code in _TEMPORARY or (self.http_status or 0) >= 500:
+            return "retry"
+        return "reject"
+
+    @property
+    def reason(self) -> RejectReason:
+        if self.code is None:
+            return "gave_up"
+        if self.code in _AUTH:
+            return "auth"
+        return _REASONS.get(self.code, "meta_error")
+
+
+def backoff_seconds(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": never less than half the step, so retries stay spread out."""
+    step: float = min(cap, base * 2.0 ** max(0, attempt))
+    return step / 2 + rng.uniform(0, step / 2)
+
+
+def recipient_backoff_seconds(strikes: int) -> float:
+    """Meta's advice for 131056 (pair rate): wait 4^n seconds, n = 0, 1, 2, ..."""
+    seconds: float = 4.0 ** min(strikes, 5)
+    return seconds
+
+
+# --- pacing ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NumberPace:
+    """Start times for calls of one phone number: never more than `rate` starts in any one-second window.
+
+    Slots are spaced 1/rate apart (smooth, no bursts) and additionally capped to `rate` slots per
+    (1 + margin) seconds. A caller must start its call within `margin` after its slot or reserve again, so
+    real start times - not just reservations - keep the cap even when the process stalls. A 130429 pauses
+    the number and halves its pace; each success gives a little back.
+    """
+
+    rate: int
+    margin: float = 0.05
+    factor: float = 1.0
+    paused_until: float = 0.0
+    _slots: deque[float] = field(default_factory=deque)
+    _next: float = 0.0
+
+    def effective_rate(self) -> int:
+        return max(1, int(self.rate * self.factor))
+
+    def reserve(self, now: float) -> float:
+        rate = self.effective_rate()
+        start = max(now, self._next, self.paused_until)
+        while len(self._slots) > self.rate:
+            self._slots.popleft()
+        if len(self._slots) >= rate:
+            start = max(start, self._slots[-rate] + 1.0 + self.margin)
+        self._slots.append(start)
+        self._next = start + 1.0 / rate
+        return start
+
+    def slow_down(self, now: float, pause: float) -> None:
+        self.paused_until = max(self.paused_until, now + pause)
+        self.factor = max(0.05, self.factor / 2)
+
+    def succeeded(self) -> None:
+        if self.factor < 1.0:
+            self.factor = min(1.0, self.factor + 1.0 / self.rate)
+
+
+@dataclass
+class RecipientPace:
+    """Meta's pair rate: about one message per `interval` to one customer, with a borrowed burst allowance."""
+
+    burst: int
+    interval: float
+    tokens: float = -1.0
+    updated_at: float = 0.0
+    blocked_until: float = 0.0
+    strikes: int = 0
+
+    def _refill(self, now: float) -> None:
+        if self.tokens < 0:
+            self.tokens, self.updated_at = float(self.burst), now
+            return
+        self.tokens = min(float(self.burst), self.tokens + (now - self.updated_at) / self.interval)
+        self.updated_at = max(self.updated_at, now)
+
+    def ready_at(self, now: float) -> float:
+        self._refill(now)
+        wait = 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.interval
+        return max(now + wait, self.blocked_until)
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1
+
+    def refused(self, now: float) -> None:
+        self.blocked_until = now + recipient_backoff_seconds(self.strikes)
+        self.strikes += 1
+
+    def idle(self, now: float) -> bool:
+        """Nothing left to remember: full allowance and no penalty (the lane may forget this customer)."""
+        self._refill(now)
+        return self.tokens >= self.burst and now >= self.blocked_until

@@ -1,0 +1,385 @@
+"""Sending: the checks before any call, the paced call itself, retries, and the result of every request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from prometheus_client import Counter, Histogram
+from waflow_common.events.envelope import Clock, derived_event_id
+from waflow_common.events.outbound import (
+    MetaErrorRef,
+    RejectReason,
+    SendAccepted,
+    SendAcceptedEvent,
+    SendRejected,
+    SendRejectedEvent,
+)
+from waflow_common.kafka import EventPublisher, PublishError
+from waflow_common.tenants import TenantRegistry
+
+from waflow_outbound.catalog import TemplateCatalog
+from waflow_outbound.domain import MetaFailure, NumberPace, backoff_seconds, window_open
+from waflow_outbound.domain_templates import TemplateParamsError, bind, meta_components
+from waflow_outbound.lanes import Job, Lane, LaneSettings
+from waflow_outbound.repository import Document, OutboundRepository, Recovered
+from waflow_outbound.whatsapp import Accepted, WhatsAppClient
+
+log = logging.getLogger(__name__)
+
+RESULTS = Counter("waflow_outbound_results_total", "Send results by outcome", ["outcome"])
+CALLS = Counter("waflow_outbound_calls_total", "Calls to WhatsApp by answer", ["answer"])
+LATENCY = Histogram("waflow_outbound_call_seconds", "Duration of one /messages call")
+
+
+@dataclass(frozen=True)
+class SendingSettings:
+    retry_base_seconds: float = 0.5
+    retry_cap_seconds: float = 30.0
+    retry_max_seconds: float = 300.0  # from the request's arrival; then gave_up
+    window_grace_seconds: float = 2.0
+    call_lead_seconds: float = 0.05
+
+
+class Rejection(Exception):
+    def __init__(self, reason: RejectReason, message: str, meta: MetaFailure | None = None) -> None:
+        super().__init__(message)
+        self.reason: RejectReason = reason
+        self.message = message
+        self.meta = meta
+
+
+class WaitForWindow(Exception):
+    """The window looks closed, but the customer's message may still be on its way to our projection."""
+
+
+def result_event_id(tenant_id: str, request_id: str) -> UUID:
+    return derived_event_id(tenant_id, request_id, "outbound.result")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        repository: OutboundRepository,
+        registry: TenantRegistry,
+        catalog: TemplateCatalog,
+        whatsapp: WhatsAppClient,
+        publisher: EventPublisher,
+        clock: Clock,
+        settings: SendingSettings,
+        lane_settings: LaneSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._repository = repository
+        self._registry = registry
+        self._catalog = catalog
+        self._whatsapp = whatsapp
+        self._publisher = publisher
+        self._clock = clock
+        self._settings = settings
+        self._lane_settings = lane_settings
+        self._rng = rng or random.Random()
+        self.lanes: dict[str, Lane] = {}
+
+    # --- lanes ---------------------------------------------------------------------------------------------
+    def _rate(self, phone_number_id: str) -> int:
+        tenant = self._registry.tenant_for_number(phone_number_id)
+        if tenant is None:
+            return 80
+        return next(n.rate_per_second for n in tenant.record.phone_numbers if n.phone_number_id == phone_number_id)
+
+    def lane(self, phone_number_id: str) -> Lane:
+        lane = self.lanes.get(phone_number_id)
+        if lane is None:
+            pace = NumberPace(self._rate(phone_number_id), margin=self._lane_settings.margin_seconds)
+            lane = self.lanes[phone_number_id] = Lane(phone_number_id, pace, self._lane_settings, self._run)
+            lane.start()
+        return lane
+
+    def tenants_changed(self) -> None:
+        for phone_number_id, lane in self.lanes.items():
+            lane.set_rate(self._rate(phone_number_id))
+
+    def submit(self, job: Job) -> None:
+        self.lane(job.phone_number_id).submit(job)
+
+    async def stop(self) -> None:
+        for lane in self.lanes.values():
+            await lane.stop()
+
+    # --- results -------------------------------------------------------------------------------------------
+    async def finish(self, job: Job, payload: SendAccepted | SendRejected) -> None:
+        """Stores the request's one result, then publishes it (a restart publishes what was stored only)."""
+        event: SendAcceptedEvent | SendRejectedEvent
+        common: dict[str, Any] = {
+            "tenant_id": job.tenant_id,
+            "payload": payload,
+            "event_id": result_event_id(job.tenant_id, job.key),
+            "correlation_id": job.correlation_id,
+            "causation_id": UUID(job.causation_id) if job.causation_id else None,
+            "clock": self._clock,
+        }
+        if isinstance(payload, SendAccepted):
+            event = SendAcceptedEvent.new(**common)
+        else:
+            event = SendRejectedEvent.new(**common)
+        stored = await self._repository.record_outcome(
+            job.tenant_id, job.key, event.model_dump(mode="json"), self._clock()
+        )
+        if not stored:
+            return
+        RESULTS.labels(payload.reason if isinstance(payload, SendRejected) else "accepted").inc()
+        await self.publish(job.tenant_id, job.key, event.model_dump(mode="json"))
+
+    async def publish(self, tenant_id: str, request_id: str, event: Document) -> None:
+        parsed: SendAcceptedEvent | SendRejectedEvent = (
+            SendAcceptedEvent.model_validate(event)
+            if event["event_type"] == SendAcceptedEvent.model_fields["event_type"].default
+            else SendRejectedEvent.model_validate(event)
+        )
+        delay = 0.2
+        while True:
+            try:
+                await self._publisher.publish(parsed)
+                break
+            except PublishError as exc:
+                log.warning("could not publish a result; retrying", extra={"error": str(exc)[:300]})
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+        await self._repository.mark_published(tenant_id, request_id)
+
+    async def reject(self, job: Job, reason: RejectReason, message: str, meta: MetaFailure | None = None) -> None:
+        ref = MetaErrorRef(code=meta.code, title=meta.title, details=meta.details) if meta and meta.code else None
+        await self.finish(
+            job,
+            SendRejected(
+                request_id=job.key,
+                phone_number_id=job.phone_number_id,
+                wa_id=job.wa_id,
+                reason=reason,
+                message=message,
+                meta_error=ref,
+            ),
+        )
+
+    # --- the checks before any call --------------------------------------------------------------------------
+    def _graph_body(self, job: Job, waba_id: str) -> dict[str, Any]:
+        """Meta's `/messages` body, or a Rejection: every rule that can be checked without calling WhatsApp."""
+        assert job.message is not None
+        if self._repository.blacklisted(job.tenant_id, job.wa_id):
+            raise Rejection("blacklisted", "the contact is blacklisted (or deleted): it is never messaged")
+        body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": job.wa_id}
+        if job.message["type"] == "text":
+            last = self._repository.last_inbound_at(job.tenant_id, job.phone_number_id, job.wa_id)
+            now = self._clock()
+            if not window_open(last, now):
+                if (now - job.received_at).total_seconds() < self._settings.window_grace_seconds:
+                    raise WaitForWindow
+                raise Rejection("window_closed", "free-form messages need an open 24-hour window; send a template")
+            body |= {"type": "text", "text": {"body": job.message["body"], "preview_url": job.message["preview_url"]}}
+        else:
+            name, language = job.message["name"], job.message["language"]
+            template = self._catalog.find(job.tenant_id, waba_id, name, language)
+            if template is None or template["status"] != "APPROVED":
+                state = "unknown" if template is None else template["status"]
+                raise Rejection("template_unknown", f"template {name} ({language}) is not approved: {state}")
+            shape = self._catalog.shape(template)
+            try:
+                values = bind(shape, job.message["parameters"])
+            except TemplateParamsError as exc:
+                raise Rejection("template_params", str(exc)) from exc
+            spec: dict[str, Any] = {"name": name, "language": {"code": language}}
+            if components := meta_components(shape, values):
+                spec["components"] = components
+            body |= {"type": "template", "template": spec}
+        if job.reply_to:
+            body["context"] = {"message_id": job.reply_to}
+        # Meta echoes it on every status: lets anyone reconcile a message with the request that sent it.
+        body["biz_opaque_callback_data"] = job.key
+        return body
+
+    # --- one job -------------------------------------------------------------------------------------------
+    async def _run(self, lane: Lane, job: Job) -> Job | None:
+        tenant = self._registry.tenant(job.tenant_id)
+        number = (
+            next((n for n in tenant.record.phone_numbers if n.phone_number_id == job.phone_number_id), None)
+            if tenant is not None
+            else None
+        )
+        if tenant is None or number is None:
+            if job.kind == "send":
+                await self.reject(job, "invalid", "the tenant has no such phone number")
+            return None
+        if job.kind == "read":
+            body = {"messaging_product": "whatsapp", "status": "read", "message_id": job.key}
+        else:
+            try:
+                body = self._graph_body(job, number.waba_id)
+            except WaitForWindow:
+                if job.window_grace_used:
+                    await self.reject(job, "window_closed", "free-form messages need an open 24-hour window")
+                    return None
+                job.window_grace_used = True
+                job.not_before = lane.now() + self._settings.window_grace_seconds
+                return job
+            except Rejection as exc:
+                await self.reject(job, exc.reason, exc.message, exc.meta)
+                return None
+        await self._wait_for_slot(lane, job)
+        with LATENCY.time():
+            answer = await self._whatsapp.post_message(job.phone_number_id, tenant.access_token, body)
+        if isinstance(answer, Accepted):
+            CALLS.labels("accepted").inc()
+            lane.pace.succeeded()
+            await self._accepted(job, answer)
+            return None
+        CALLS.labels(str(answer.code or answer.http_status or "transport")).inc()
+        return await self._failed(lane, job, answer)
+
+    async def _wait_for_slot(self, lane: Lane, job: Job) -> None:
+        """Waits for this number's next slot, recording the attempt durably just before the call starts."""
+        recorded = job.kind == "read"  # marking read twice is harmless: no record needed
+        while True:
+            slot = lane.pace.reserve(lane.now())
+            await asyncio.sleep(max(0.0, slot - self._settings.call_lead_seconds - lane.now()))
+            if not recorded:
+                # From here on a crash cannot tell whether WhatsApp got the call; see `recover`.
+                await self._repository.record_call(job.tenant_id, job.key, job.attempts, self._clock())
+                recorded = True
+            await asyncio.sleep(max(0.0, slot - lane.now()))
+            if lane.now() <= slot + lane.pace.margin and lane.now() >= lane.pace.paused_until:
+                break  # within the slot: starting now keeps the number under its rate
+        if job.kind == "send":
+            lane.recipient(job.wa_id).take(lane.now())
+
+    async def _accepted(self, job: Job, answer: Accepted) -> None:
+        if job.kind == "read":
+            await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id)
+            return
+        await self.finish(
+            job,
+            SendAccepted(
+                request_id=job.key,
+                phone_number_id=job.phone_number_id,
+                wa_id=job.wa_id,
+                wamid=answer.wamid,
+                message_status=answer.message_status,
+            ),
+        )
+
+    async def _failed(self, lane: Lane, job: Job, failure: MetaFailure) -> Job | None:
+        handling = failure.handling
+        if handling == "reject":
+            if job.kind == "read":
+                log.warning("WhatsApp refused a read receipt", extra={"code": failure.code})
+                await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id)
+                return None
+            message = failure.title or f"WhatsApp refused the message ({failure.code})"
+            await self.reject(job, failure.reason, message, failure)
+            return None
+        now = lane.now()
+        delay = backoff_seconds(
+            job.attempts, base=self._settings.retry_base_seconds, cap=self._settings.retry_cap_seconds, rng=self._rng
+        )
+        if handling == "slow_number":
+            lane.pace.slow_down(now, delay)
+        elif handling == "slow_recipient":
+            pace = lane.recipient(job.wa_id)
+            pace.refused(now)
+            delay = max(delay, pace.blocked_until - now)
+        waited = (self._clock() - job.received_at).total_seconds()
+        if waited + delay > self._settings.retry_max_seconds:
+            if job.kind == "read":
+                await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id)
+                return None
+            await self.reject(job, "gave_up", f"WhatsApp kept failing for {waited:.0f}s: {failure.title}", failure)
+            return None
+        if job.kind == "send":
+            # Meta answered, so this attempt certainly did not send: a restart may try again.
+            await self._repository.record_retry(job.tenant_id, job.key, job.attempts, failure.code)
+        job.attempts += 1
+        job.not_before = now + delay
+        return job
+
+    # --- restart -------------------------------------------------------------------------------------------
+    async def recover(self, found: Recovered) -> None:
+        """Picks up where a stopped (or killed) process left off.
+
+        A request whose last attempt was recorded as started but has no answer may or may not have reached
+        WhatsApp: the process died between "calling" and the answer. `/messages` has no idempotency key, so
+        sending again could message the customer twice, which an agent cannot take back, while reporting
+        `outcome_unknown` lets the conversation show it and an agent decide (the message's status webhook
+        will still arrive if it was sent, carrying the request id in biz_opaque_callback_data).
+        """
+        for document in found.unpublished:
+            await self.publish(document["tenant_id"], document["_id"].split(":", 1)[1], document["event"])
+        for request, _ in found.cut_off:
+            await self.reject(
+                job_of(request, 0),
+                "outcome_unknown",
+                "outbound stopped during the call to WhatsApp; the message may or may not have been sent",
+            )
+        for request, attempts in found.pending:
+            self.submit(job_of(request, attempts))
+        for read in found.reads:
+            self.submit(read_job_of(read))
+
+
+def request_document(
+    *,
+    tenant_id: str,
+    request_id: str,
+    phone_number_id: str,
+    wa_id: str,
+    message: dict[str, Any],
+    reply_to: str | None,
+    received_at: datetime,
+    correlation_id: str,
+    causation_id: str | None,
+) -> Document:
+    return {
+        "_id": f"{tenant_id}:{request_id}",
+        "tenant_id": tenant_id,
+        "request_id": request_id,
+        "phone_number_id": phone_number_id,
+        "wa_id": wa_id,
+        "message": message,
+        "reply_to": reply_to,
+        "received_at": received_at,
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+    }
+
+
+def job_of(request: Document, attempts: int) -> Job:
+    return Job(
+        kind="send",
+        tenant_id=request["tenant_id"],
+        key=request["request_id"],
+        phone_number_id=request["phone_number_id"],
+        wa_id=request["wa_id"],
+        received_at=request["received_at"],
+        correlation_id=request["correlation_id"],
+        causation_id=request.get("causation_id"),
+        message=request["message"],
+        reply_to=request.get("reply_to"),
+        attempts=attempts,
+    )
+
+
+def read_job_of(read: Document) -> Job:
+    return Job(
+        kind="read",
+        tenant_id=read["tenant_id"],
+        key=read["wamid"],
+        phone_number_id=read["phone_number_id"],
+        wa_id=read["wa_id"],
+        received_at=read["received_at"],
+        correlation_id=read["correlation_id"],
+    )
