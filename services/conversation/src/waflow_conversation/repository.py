@@ -52,8 +52,10 @@ Document = dict[str, Any]
 Parked = Callable[[str, str], None]
 
 # A chat remembers the last inbound messages it counted, so a record redelivered after a crash is not counted
-# twice (see MessageRepository.record_inbound); older duplicates are recognised by the stored message.
-APPLIED_KEEP = 64
+# twice (see MessageRepository.record_inbound); older duplicates are recognised by the stored message. Records
+# of one chat are handled one at a time and committed one by one, so at most one can be in that gap; the margin
+# is cheap, a long list is not (FerretDB reads and rewrites the whole chat document on every change).
+APPLIED_KEEP = 8
 
 
 def key(tenant_id: str, public_id: str) -> str:
