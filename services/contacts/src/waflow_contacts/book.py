@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -193,21 +192,21 @@ class ContactBook:
             only_if_new=True,
         )
 
-    async def search(
+    def search(
         self, tenant_id: str, query: ContactQuery, *, limit: int, cursor: str | None
-    ) -> tuple[list[ContactSnapshot], str | None]:
+    ) -> tuple[list[bytes], str | None]:
+        """A page of contacts as JSON, straight from the directory (kept in step with every stored change)."""
         try:
             after = decode_cursor(cursor) if cursor else None
         except InvalidCursor as exc:
             raise BadCursor(str(exc)) from exc
         ids = self.directory.page(tenant_id, query, limit=limit + 1, after=after)
-        found = await asyncio.gather(*(self._repository.get(tenant_id, c) for c in ids[:limit]))
-        contacts = [c for c in found if c is not None]
+        page = [self.directory.json_of(tenant_id, c) for c in ids[:limit]]
         next_cursor = None
         if len(ids) > limit:
             order = self.directory.order_of(tenant_id, ids[limit - 1])
             next_cursor = encode_cursor(order) if order else None
-        return contacts, next_cursor
+        return page, next_cursor
 
     # --- dynamic fields ------------------------------------------------------------------------------------
 

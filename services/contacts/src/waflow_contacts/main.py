@@ -51,7 +51,6 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await repository.ensure_indexes()
         await book.load()  # before consuming: the directory must know every contact a handler may change
         await registry.start()
         await broker.start()

@@ -1,18 +1,25 @@
 """Every MongoDB call of the contacts service; each document's `_id` starts with its tenant id.
 
-Design for FerretDB v1 (SQLite), which pushes only an exact `_id` filter down and otherwise reads the whole
-collection, and whose updates are read-modify-write without isolation (100 concurrent `$inc` on one
-document end at 8): every read and write addresses one document by `_id` (`<tenant_id>:<id>`, so a foreign
-id simply does not exist), writes to one document are serialised in this process (see book.KeyedLocks),
-and whole-collection reads happen once, at start. The secondary indexes below serve MongoDB proper.
+Designed around FerretDB v1 on SQLite, measured (bench/contacts and the service's report):
+- only an exact `_id` filter reaches SQLite; any other find reads and decodes the whole collection;
+- even the `_id` lookup scans the table: FerretDB indexes `sjson->"_id"` but queries `sjson->'$._id'`, an
+  expression SQLite does not match to that index, so a point read costs ~15 us per document in the collection;
+- updates are read-modify-write without isolation (100 concurrent `$inc` on one document end at 8).
+So every read and write addresses one document by `_id` (`<tenant_id>:<contact_id>`: a foreign id simply does
+not exist), writes to one document are serialised in this process (locks.KeyedLocks), whole-collection reads
+happen once at start, and contacts are spread over CONTACT_SHARDS collections by a hash of their key so a
+point read scans ~1/1024 of them. On MongoDB proper the shards cost nothing and `_id` is the only index used.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from waflow_common.events.contacts import ContactSnapshot
 from waflow_common.outbox import OUTBOX_FIELD
@@ -23,9 +30,18 @@ Document = dict[str, Any]
 
 _SNAPSHOT_FIELDS = set(ContactSnapshot.model_fields)
 
+# Fixed for the life of a deployment: changing it moves every contact to another collection.
+CONTACT_SHARDS = 1024
+SHARD_PREFIX = "contacts_"
+
 
 def contact_key(tenant_id: str, contact_id: str) -> str:
     return f"{tenant_id}:{contact_id}"
+
+
+def shard_name(key: str) -> str:
+    digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
+    return f"{SHARD_PREFIX}{int.from_bytes(digest, 'big') % CONTACT_SHARDS:03x}"
 
 
 def contact_document(tenant_id: str, contact: ContactSnapshot) -> Document:
@@ -38,27 +54,21 @@ def snapshot_of(doc: Document) -> ContactSnapshot:
 
 class ContactRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self.contacts = db["contacts"]
-        # Which contacts have parked events: written before the change, so the relay never has to scan the
-        # contacts collection to find them (see relay.py).
+        self._db = db
+        # Which contacts have parked events: written before the change, so the relay never has to look
+        # through the contacts to find them (see relay.py).
         self.pending = db["outbox_pending"]
         self.fields = db["field_definitions"]
         self.lists = db["lists"]
 
-    async def ensure_indexes(self) -> None:
-        # One index per call: FerretDB v1 drops the connection when a multi-index createIndexes finds them all
-        # already there (a restart), while a single existing index is answered as MongoDB does.
-        for index in (
-            IndexModel([("tenant_id", ASCENDING), ("wa_id", ASCENDING)], unique=True, name="tenant_wa_id"),
-            IndexModel([("tenant_id", ASCENDING), ("tags", ASCENDING)], name="tenant_tags"),
-            IndexModel([("tenant_id", ASCENDING), ("lists.list_id", ASCENDING)], name="tenant_lists"),
-        ):
-            await self.contacts.create_indexes([index])
+    def _contacts(self, key: str) -> AsyncCollection[Document]:
+        return self._db[shard_name(key)]
 
     # --- contacts ---------------------------------------------------------------------------------------------
 
     async def get(self, tenant_id: str, contact_id: str) -> ContactSnapshot | None:
-        doc = await self.contacts.find_one({"_id": contact_key(tenant_id, contact_id)}, {OUTBOX_FIELD: 0})
+        key = contact_key(tenant_id, contact_id)
+        doc = await self._contacts(key).find_one({"_id": key}, {OUTBOX_FIELD: 0})
         return snapshot_of(doc) if doc else None
 
     async def save(self, tenant_id: str, contact: ContactSnapshot, entry: Document) -> None:
@@ -66,18 +76,28 @@ class ContactRepository:
         doc = contact_document(tenant_id, contact)
         key = doc.pop("_id")
         await self.pending.update_one({"_id": key}, {"$set": {"tenant_id": tenant_id}}, upsert=True)
-        await self.contacts.update_one({"_id": key}, {"$set": doc, "$push": {OUTBOX_FIELD: entry}}, upsert=True)
+        await self._contacts(key).update_one({"_id": key}, {"$set": doc, "$push": {OUTBOX_FIELD: entry}}, upsert=True)
 
     async def all_contacts(self) -> AsyncIterator[tuple[str, ContactSnapshot]]:
-        """Every tenant's contacts, once at start: one pass over the collection rather than one per tenant."""
-        async for doc in self.contacts.find({}, {OUTBOX_FIELD: 0}):
-            yield doc["tenant_id"], snapshot_of(doc)
+        """Every tenant's contacts, once at start: one pass over the shards rather than one per tenant."""
+        names = sorted(n for n in await self._db.list_collection_names() if n.startswith(SHARD_PREFIX))
+        for name in names:
+            async for doc in self._db[name].find({}, {OUTBOX_FIELD: 0}):
+                yield doc["tenant_id"], snapshot_of(doc)
 
     async def insert_many(self, tenant_id: str, contacts: Sequence[ContactSnapshot]) -> None:
         """Seeds (the benchmark): no events, as if they had been relayed long ago."""
-        docs = [contact_document(tenant_id, c) | {OUTBOX_FIELD: []} for c in contacts]
-        if docs:
-            await self.contacts.insert_many(docs, ordered=False)
+        by_shard: defaultdict[str, list[Document]] = defaultdict(list)
+        for contact in contacts:
+            doc = contact_document(tenant_id, contact) | {OUTBOX_FIELD: []}
+            by_shard[shard_name(doc["_id"])].append(doc)
+        gate = asyncio.Semaphore(8)
+
+        async def insert(name: str, docs: list[Document]) -> None:
+            async with gate:
+                await self._db[name].insert_many(docs, ordered=False)
+
+        await asyncio.gather(*(insert(name, docs) for name, docs in by_shard.items()))
 
     # --- outbox ------------------------------------------------------------------------------------------------
 
@@ -85,7 +105,7 @@ class ContactRepository:
         return [doc["_id"] async for doc in self.pending.find({}, {"_id": 1}).limit(limit)]
 
     async def parked_events(self, key: str) -> list[Document]:
-        doc = await self.contacts.find_one({"_id": key}, {OUTBOX_FIELD: 1})
+        doc = await self._contacts(key).find_one({"_id": key}, {OUTBOX_FIELD: 1})
         return list(doc.get(OUTBOX_FIELD) or []) if doc else []
 
     async def clear_parked(self, key: str, entries: list[Document]) -> None:
@@ -95,7 +115,7 @@ class ContactRepository:
         documents (`{"$pull": {"outbox": {"event_id": {"$in": [...]}}}}` matches nothing there).
         """
         if entries:
-            await self.contacts.update_one({"_id": key}, {"$pullAll": {OUTBOX_FIELD: entries}})
+            await self._contacts(key).update_one({"_id": key}, {"$pullAll": {OUTBOX_FIELD: entries}})
         await self.pending.delete_one({"_id": key})
 
     # --- field definitions (one document per tenant) ------------------------------------------------------------

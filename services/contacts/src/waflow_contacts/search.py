@@ -3,8 +3,8 @@
 Why in memory: FerretDB v1 on SQLite pushes only an exact `_id` filter down to SQLite. Every other find
 (indexed or not, regex or equality) reads and decodes every document of the collection: about 8 s for 110k
 contacts on our 2 cores (bench/contacts measures it). So MongoDB stays the source of truth, read and written
-by `_id` only, and this directory holds the few keys a listing needs (sort key, folded name, digits, tags,
-lists, deleted), built from the stored contacts at start and updated after every stored change.
+by `_id` only, and this directory holds what a listing needs (sort key, folded name, digits, tags, lists, deleted,
+and the contact's JSON), built from the stored contacts at start and updated after every stored change.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Entry:
     lists: frozenset[str]
     deleted: bool
     version: int
+    # The contact as the API shows it: a listing page is answered from memory, with no read per contact
+    # (each read by _id costs a table scan on FerretDB v1, see repository.py).
+    json: bytes
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ def entry_for(contact: ContactSnapshot) -> Entry:
         lists=frozenset(r.list_id for r in contact.lists),
         deleted=contact.deleted,
         version=contact.version,
+        json=contact.model_dump_json().encode(),
     )
 
 
@@ -164,6 +168,9 @@ class ContactDirectory:
         if query.list_id is not None:
             sets.append(tenant.by_list.get(query.list_id, set()))
         return min(sets, key=len) if sets else None
+
+    def json_of(self, tenant_id: str, contact_id: str) -> bytes:
+        return self._tenants[tenant_id].entries[contact_id].json
 
     def order_of(self, tenant_id: str, contact_id: str) -> OrderKey | None:
         entry = self._tenants[tenant_id].entries.get(contact_id)

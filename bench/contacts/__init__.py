@@ -1,0 +1,1 @@
+"""Contacts benchmark: `uv run python -m bench.contacts` (see __main__.py)."""
