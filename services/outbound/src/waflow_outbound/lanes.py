@@ -41,8 +41,10 @@ class Job:
 
 @dataclass(frozen=True)
 class LaneSettings:
-    workers_per_100_per_second: int = 10
-    max_workers: int = 128
+    # A worker holds a job from its slot to its stored, published result (a few journal and Kafka round
+    # trips), so a number needs about rate x that latency of them to keep its pace.
+    workers_per_100_per_second: int = 50
+    max_workers: int = 256
     recipient_burst: int = 20
     recipient_interval_seconds: float = 6.0
     margin_seconds: float = 0.05
@@ -59,12 +61,15 @@ class Lane:
     run_job: Runner
     _queues: dict[str, deque[Job]] = field(default_factory=dict)
     _recipients: dict[str, RecipientPace] = field(default_factory=dict)
-    _ready: list[tuple[float, int, str]] = field(default_factory=list)
+    # Customers ready now wake exactly one worker each; those to wait for sit in a heap watched by one timer.
+    _ready: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    _delayed: list[tuple[float, int, str]] = field(default_factory=list)
     _scheduled: set[str] = field(default_factory=set)
     _busy: set[str] = field(default_factory=set)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _timer_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
+    _timer: asyncio.Task[None] | None = None
 
     @staticmethod
     def now() -> float:
@@ -100,21 +105,28 @@ class Lane:
         ready = max(now, head.not_before)
         if head.kind == "send":
             ready = max(ready, self.recipient(wa_id).ready_at(now))
-        heapq.heappush(self._ready, (ready, next(self._seq), wa_id))
         self._scheduled.add(wa_id)
-        self._wake.set()
+        if ready <= now:
+            self._ready.put_nowait(wa_id)
+        else:
+            heapq.heappush(self._delayed, (ready, next(self._seq), wa_id))
+            self._timer_wake.set()
 
-    async def _next(self) -> str:
+    async def _release_due(self) -> None:
         while True:
             now = self.now()
-            if self._ready and self._ready[0][0] <= now:
-                _, _, wa_id = heapq.heappop(self._ready)
-                self._scheduled.discard(wa_id)
-                return wa_id
-            timeout = self._ready[0][0] - now if self._ready else None
-            self._wake.clear()
+            while self._delayed and self._delayed[0][0] <= now:
+                _, _, wa_id = heapq.heappop(self._delayed)
+                self._ready.put_nowait(wa_id)
+            timeout = self._delayed[0][0] - now if self._delayed else None
+            self._timer_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._timer_wake.wait(), timeout)
+
+    async def _next(self) -> str:
+        wa_id = await self._ready.get()
+        self._scheduled.discard(wa_id)
+        return wa_id
 
     async def _work(self) -> None:
         while True:
@@ -145,16 +157,19 @@ class Lane:
 
     def _wanted_workers(self) -> int:
         wanted = -(-self.pace.rate * self.settings.workers_per_100_per_second // 100)
-        return max(4, min(self.settings.max_workers, wanted))
+        return max(8, min(self.settings.max_workers, wanted))
 
     def _resize(self) -> None:
         while len(self._workers) < self._wanted_workers():
             self._workers.append(asyncio.create_task(self._work(), name=f"lane-{self.phone_number_id}"))
 
     def start(self) -> None:
+        self._timer = asyncio.create_task(self._release_due(), name=f"lane-timer-{self.phone_number_id}")
         self._resize()
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._workers.append(self._timer)
         for task in self._workers:
             task.cancel()
         for task in self._workers:

@@ -135,14 +135,18 @@ class Dispatcher:
         if not stored:
             return
         RESULTS.labels(payload.reason if isinstance(payload, SendRejected) else "accepted").inc()
-        await self.publish(job.tenant_id, job.key, event.model_dump(mode="json"))
+        await self.publish(job.tenant_id, job.key, event)
 
-    async def publish(self, tenant_id: str, request_id: str, event: Document) -> None:
-        parsed: SendAcceptedEvent | SendRejectedEvent = (
-            SendAcceptedEvent.model_validate(event)
-            if event["event_type"] == SendAcceptedEvent.model_fields["event_type"].default
-            else SendRejectedEvent.model_validate(event)
-        )
+    async def publish(
+        self, tenant_id: str, request_id: str, event: Document | SendAcceptedEvent | SendRejectedEvent
+    ) -> None:
+        parsed: SendAcceptedEvent | SendRejectedEvent
+        if isinstance(event, SendAcceptedEvent | SendRejectedEvent):
+            parsed = event
+        elif event["event_type"] == SendAcceptedEvent.model_fields["event_type"].default:
+            parsed = SendAcceptedEvent.model_validate(event)
+        else:
+            parsed = SendRejectedEvent.model_validate(event)
         delay = 0.2
         while True:
             try:
