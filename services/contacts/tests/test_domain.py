@@ -175,7 +175,8 @@ def test_list_membership_rename_and_leave() -> None:
 def test_the_directory_pages_in_a_stable_order_and_filters() -> None:
     directory = ContactDirectory()
     people = [
-        contact(f"3461234{i:04d}", name=f"Person {i:03d}", tags=["even"] if i % 2 == 0 else []) for i in range(50)
+        contact(f"3461234{i:04d}", name=f"Person {i:03d}", profile_name=f"Pro {i}", tags=["even"] if i % 2 == 0 else [])
+        for i in range(50)
     ]
     directory.load("t", people)
     directory.load("other", [contact("34612340000", name="Person 000")])
@@ -196,6 +197,11 @@ def test_the_directory_pages_in_a_stable_order_and_filters() -> None:
         p.contact_id for p in people[10:20]
     ]
     assert directory.page("t", ContactQuery(search="+34 612 340 049"), limit=5, after=None) == [people[49].contact_id]
+    assert directory.page("t", ContactQuery(search="pro 49"), limit=5, after=None) == [people[49].contact_id]
+    second = directory.page(
+        "t", ContactQuery(search="person 04"), limit=3, after=directory.order_of("t", people[41].contact_id)
+    )
+    assert second == [p.contact_id for p in people[42:45]]
     renamed = domain.advance(people[0], domain.edit({"name": "Zed"}, {})(people[0]), NOW)
     assert renamed is not None
     directory.put("t", renamed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -52,6 +53,9 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await book.load()  # before consuming: the directory must know every contact a handler may change
+        # The directory is ~10 objects per contact that live as long as the process: keeping them out of the
+        # collector's generations avoids full collections of a million objects (100+ ms pauses at 100k contacts).
+        gc.freeze()
         await registry.start()
         await broker.start()
         if settings.contacts_relay_enabled:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import heapq
+import itertools
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from waflow_common.events.contacts import ContactSnapshot
@@ -51,8 +53,36 @@ class ContactQuery:
     deleted: bool = False
 
 
+@dataclass(frozen=True)
+class _Haystack:
+    """Every contact's searchable text on one line, in listing order: one C-level `str.find` walks a tenant."""
+
+    text: str
+    starts: list[int]
+
+    @classmethod
+    def build(cls, tenant: _Tenant) -> _Haystack:
+        # One line per contact: the name/profile separator must not be a line break.
+        lines = [
+            f"{tenant.entries[c].text.replace(chr(10), chr(1))}\t{tenant.entries[c].digits}" for _, c in tenant.order
+        ]
+        starts = [0]
+        for line in lines:
+            starts.append(starts[-1] + len(line) + 1)
+        return cls("\n".join(lines), starts)
+
+    def lines_with(self, needle: str, first_line: int) -> Iterator[int]:
+        """Indexes (into the listing order) of the lines that contain `needle`, in order."""
+        position = self.starts[first_line]
+        while (found := self.text.find(needle, position)) >= 0:
+            line = bisect.bisect_right(self.starts, found) - 1
+            yield line
+            position = self.starts[line + 1]
+
+
 @dataclass
 class _Tenant:
+    haystack: _Haystack | None = None
     entries: dict[str, Entry] = field(default_factory=dict)
     order: list[OrderKey] = field(default_factory=list)
     by_tag: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -104,9 +134,10 @@ class ContactDirectory:
 
     def _put(self, tenant: _Tenant, entry: Entry, *, sort: bool) -> None:
         old = tenant.entries.get(entry.contact_id)
+        if old is not None and old.version >= entry.version:
+            return
+        tenant.haystack = None  # rebuilt by the next search
         if old is not None:
-            if old.version >= entry.version:
-                return
             if sort:
                 del tenant.order[bisect.bisect_left(tenant.order, old.order)]
             else:
@@ -148,14 +179,21 @@ class ContactDirectory:
 
         candidates = self._narrowest(tenant, query)
         entries = tenant.entries
-        out: list[str] = []
+        start = 0 if after is None else bisect.bisect_right(tenant.order, after)
+        ordered: Iterable[OrderKey]
         if candidates is not None and len(candidates) * 8 < len(tenant.order):
             # A small tag or list: sorting its members beats walking the whole order.
-            keys = sorted(entries[c].order for c in candidates if after is None or entries[c].order > after)
-            ordered: Iterable[OrderKey] = keys
+            ordered = sorted(entries[c].order for c in candidates if after is None or entries[c].order > after)
+        elif query.search:
+            if tenant.haystack is None:
+                tenant.haystack = _Haystack.build(tenant)
+            haystack = tenant.haystack
+            needles = [n for n in dict.fromkeys((text, digits)) if n]
+            lines = heapq.merge(*(haystack.lines_with(n, start) for n in needles))
+            ordered = (tenant.order[i] for i, _ in itertools.groupby(lines))
         else:
-            start = 0 if after is None else bisect.bisect_right(tenant.order, after)
-            ordered = tenant.order[start:]
+            ordered = itertools.islice(tenant.order, start, None)
+        out: list[str] = []
         for _, contact_id in ordered:
             if matches(entries[contact_id]):
                 out.append(contact_id)
