@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from waflow_outbound.domain_templates import (
     meta_components,
     shape_of,
 )
+from waflow_outbound.repository import OutboundRepository
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
@@ -213,3 +215,16 @@ def test_named_parameters_carry_their_names() -> None:
         "text": "Maria",
         "parameter_name": "customer_name",
     }
+
+
+@given(offsets=st.lists(st.integers(min_value=-100_000, max_value=100_000), min_size=1, max_size=30))
+def test_the_window_projection_only_moves_forward_and_blacklist_keeps_the_highest_version(offsets: list[int]) -> None:
+    projection = OutboundRepository(cast(Any, None), cast(Any, None))
+    for offset in offsets:
+        projection._note_inbound("t", "pn", "w", T0 + timedelta(seconds=offset))
+    assert projection.last_inbound_at("t", "pn", "w") == T0 + timedelta(seconds=max(offsets))
+    assert projection.last_inbound_at("other-tenant", "pn", "w") is None
+    for version, blacklisted in [(2, True), (1, False), (3, True), (2, False)]:
+        projection._note_contact("t", "w", version, blacklisted)
+    assert projection.blacklisted("t", "w")
+    assert not projection.blacklisted("other-tenant", "w")

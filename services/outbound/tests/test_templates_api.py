@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import pytest
+from waflow_common.events.inbound import TemplateStatus, TemplateStatusEvent
+from waflow_common.kafka import EventPublisher
 from waflow_outbound.main import OutboundSettings, create_app
 from waflow_testing.fixtures import SeededTenant, settings_for
 
@@ -155,3 +158,30 @@ def test_every_route_is_documented(settings_env: dict[str, str]) -> None:
         for method, operation in operations.items():
             assert operation.get("summary"), f"{method.upper()} {path} has no summary"
             assert "200" in operation["responses"], f"{method.upper()} {path} has no response model"
+
+
+async def test_a_template_webhook_brings_the_change_without_asking(
+    api: httpx.AsyncClient, simulator: Simulator, publisher: EventPublisher, tenants: tuple[SeededTenant, ...]
+) -> None:
+    tenant_b = tenants[1]
+    await simulator.client.put_templates(tenant_b.waba_id, [CUSTOM | {"name": "order_delayed_b"}])
+    await publisher.publish(
+        TemplateStatusEvent.new(
+            tenant_id=tenant_b.tenant_id,
+            payload=TemplateStatus(
+                waba_id=tenant_b.waba_id,
+                field="message_template_status_update",
+                event="APPROVED",
+                name="order_delayed_b",
+                language="it",
+            ),
+        )
+    )
+
+    names: set[str] = set()
+    for _ in range(200):
+        names = {t["name"] for t in await listing(api, tenant_b)}
+        if "order_delayed_b" in names:
+            break
+        await asyncio.sleep(0.05)
+    assert "order_delayed_b" in names
