@@ -213,3 +213,22 @@ def test_the_directory_pages_in_a_stable_order_and_filters() -> None:
     directory.put("t", gone)
     assert directory.page("t", ContactQuery(deleted=True), limit=100, after=None) == [gone.contact_id]
     assert directory.tag_counts("t") == {"even": 24}
+
+
+def test_a_small_tag_pages_through_its_members_in_order_and_follows_changes() -> None:
+    directory = ContactDirectory()
+    people = [
+        contact(f"3461234{i:04d}", name=f"P {i:03d}", tags=["rare"] if i in (5, 17, 33) else []) for i in range(40)
+    ]
+    directory.load("t", people)
+    first = directory.page("t", ContactQuery(tags=("rare",)), limit=2, after=None)
+    assert first == [people[5].contact_id, people[17].contact_id]
+    after = directory.order_of("t", first[-1])
+    assert directory.page("t", ContactQuery(tags=("rare",)), limit=2, after=after) == [people[33].contact_id]
+    untagged = domain.advance(people[17], domain.remove_tag("rare")(people[17]), NOW)
+    assert untagged is not None
+    directory.put("t", untagged)
+    assert directory.page("t", ContactQuery(tags=("rare",)), limit=5, after=None) == [
+        people[5].contact_id,
+        people[33].contact_id,
+    ]

@@ -83,6 +83,7 @@ class _Haystack:
 @dataclass
 class _Tenant:
     haystack: _Haystack | None = None
+    sorted_members: dict[tuple[str, str], list[OrderKey]] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)
     order: list[OrderKey] = field(default_factory=list)
     by_tag: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -137,6 +138,7 @@ class ContactDirectory:
         if old is not None and old.version >= entry.version:
             return
         tenant.haystack = None  # rebuilt by the next search
+        tenant.sorted_members.clear()
         if old is not None:
             if sort:
                 del tenant.order[bisect.bisect_left(tenant.order, old.order)]
@@ -177,13 +179,18 @@ class ContactDirectory:
                 return bool((text and text in entry.text) or (digits and digits in entry.digits))
             return True
 
-        candidates = self._narrowest(tenant, query)
+        narrowest = self._narrowest(tenant, query)
         entries = tenant.entries
         start = 0 if after is None else bisect.bisect_right(tenant.order, after)
         ordered: Iterable[OrderKey]
-        if candidates is not None and len(candidates) * 8 < len(tenant.order):
-            # A small tag or list: sorting its members beats walking the whole order.
-            ordered = sorted(entries[c].order for c in candidates if after is None or entries[c].order > after)
+        if narrowest is not None and len(narrowest[1]) * 2 < len(tenant.order):
+            # A tag or list much smaller than the tenant: walk its members, in order (sorted once per change).
+            key, members = narrowest
+            in_order = tenant.sorted_members.get(key)
+            if in_order is None:
+                in_order = tenant.sorted_members[key] = sorted(entries[c].order for c in members)
+            first = 0 if after is None else bisect.bisect_right(in_order, after)
+            ordered = itertools.islice(in_order, first, None)
         elif query.search:
             if tenant.haystack is None:
                 tenant.haystack = _Haystack.build(tenant)
@@ -201,11 +208,11 @@ class ContactDirectory:
                     break
         return out
 
-    def _narrowest(self, tenant: _Tenant, query: ContactQuery) -> set[str] | None:
-        sets = [tenant.by_tag.get(t, set()) for t in query.tags]
+    def _narrowest(self, tenant: _Tenant, query: ContactQuery) -> tuple[tuple[str, str], set[str]] | None:
+        sets = [(("tag", t), tenant.by_tag.get(t, set())) for t in query.tags]
         if query.list_id is not None:
-            sets.append(tenant.by_list.get(query.list_id, set()))
-        return min(sets, key=len) if sets else None
+            sets.append((("list", query.list_id), tenant.by_list.get(query.list_id, set())))
+        return min(sets, key=lambda s: len(s[1])) if sets else None
 
     def json_of(self, tenant_id: str, contact_id: str) -> bytes:
         return self._tenants[tenant_id].entries[contact_id].json
