@@ -56,6 +56,7 @@ Parked = Callable[[str, str], None]
 # of one chat are handled one at a time and committed one by one, so at most one can be in that gap; the margin
 # is cheap, a long list is not (FerretDB reads and rewrites the whole chat document on every change).
 APPLIED_KEEP = 8
+CACHED_CHATS = 10_000
 
 
 def key(tenant_id: str, public_id: str) -> str:
@@ -163,6 +164,12 @@ class ChatRepository:
         self._parked = parked
         self._numbers = numbers  # a tenant's phone_number_ids: a customer has one chat per number
         self._known: set[str] = set()
+        # The chat as inbound messages last left it, so the next one need not read it (a read walks the
+        # collection on FerretDB). Every other writer drops the entry under the same lock.
+        self._cache: dict[str, Document] = {}
+
+    def _forget(self, chat_key: str) -> None:
+        self._cache.pop(chat_key, None)
 
     # --- reading ------------------------------------------------------------------------------------------
     async def get(self, tenant_id: str, chat_id: str) -> Document:
@@ -294,6 +301,7 @@ class ChatRepository:
     async def _set_contact(self, chat_key: str, view: Document, version: int) -> None:
         async with self._c.hold("chats", chat_key):
             chat = await self._c.chats.find_one({"_id": chat_key})
+            self._forget(chat_key)
             if chat is not None and chat.get("contact_version", 0) < version:
                 await self._c.chats.update_one(
                     {"_id": chat_key}, {"$set": {"contact": view, "contact_version": version}}
@@ -336,7 +344,7 @@ class ChatRepository:
         """Counts the message once, moves activity, preview and window; announces a window (re)opening."""
         chat_key = key(tenant_id, chat_id)
         async with self._c.hold("chats", chat_key):
-            chat = await self.get(tenant_id, chat_id)
+            chat = self._cache.get(chat_key) or await self.get(tenant_id, chat_id)
             applied: list[str] = chat.get("applied", [])
             if message_id in applied:
                 return
@@ -348,6 +356,12 @@ class ChatRepository:
             if inc:
                 update["$inc"] = inc
             await self._c.chats.update_one({"_id": chat_key}, update)
+            after = {k: v for k, v in chat.items() if k != "outbox"} | sets
+            for field, step in inc.items():
+                after[field] = after.get(field, 0) + step
+            if len(self._cache) >= CACHED_CHATS:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[chat_key] = after
         if push:
             self._parked("chats", chat_key)
 
@@ -432,6 +446,7 @@ class ChatRepository:
         at: datetime = last_message["at"]
         chat_key = key(tenant_id, chat_id)
         async with self._c.hold("chats", chat_key):
+            self._forget(chat_key)
             chat = await self.get(tenant_id, chat_id)
             sets: Document = {}
             if chat.get("last_message_at") is None or chat["last_message_at"] <= at:
@@ -450,6 +465,7 @@ class ChatRepository:
         """
         chat_key = key(tenant_id, chat_id)
         async with self._c.hold("chats", chat_key):
+            self._forget(chat_key)
             chat = await self.get(tenant_id, chat_id)
             if chat["unread_count"] == 0 and not chat.get("manual_unread"):
                 return chat
@@ -485,6 +501,7 @@ class ChatRepository:
         """At least one unread, so the chat stays unread until someone reads it; announces chat.unread."""
         chat_key = key(tenant_id, chat_id)
         async with self._c.hold("chats", chat_key):
+            self._forget(chat_key)
             chat = await self.get(tenant_id, chat_id)
             count = max(chat["unread_count"], 1)
             event = ChatUnreadEvent.new(
@@ -529,6 +546,7 @@ class ChatRepository:
             cls = WindowClosedEvent if phase == "closed" else WindowClosingEvent
             event = self._window_event(cls, chat, expires, at=expires if phase == "closed" else now)
             async with self._c.hold("chats", chat["_id"]):
+                self._forget(chat["_id"])
                 held = await self._c.chats.find_one({"_id": chat["_id"]})
                 if held is None or (held["window_state"], held["window_expires_at"]) != (chat["window_state"], expires):
                     continue  # the customer wrote meanwhile: the window moved
