@@ -129,6 +129,7 @@ class ContactDirectory:
         for contact in contacts:
             self._put(tenant, entry_for(contact), sort=False)
         tenant.order.sort()
+        tenant.haystack = _Haystack.build(tenant)  # so the first search after a start is not the slow one
 
     def put(self, tenant_id: str, contact: ContactSnapshot) -> None:
         self._put(self._tenants[tenant_id], entry_for(contact), sort=True)
