@@ -127,6 +127,12 @@ async def main() -> None:
         )
         try:
             await run_load(args, settings, simulator, f"http://127.0.0.1:{port}")
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            print("\noutbound's own counters:")
+            for line in metrics.splitlines():
+                if line.startswith(("waflow_outbound_calls_total", "waflow_outbound_held", "waflow_outbound_call_s")):
+                    print(" ", line)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)

@@ -81,38 +81,47 @@ def recipient_backoff_seconds(strikes: int) -> float:
 
 @dataclass
 class NumberPace:
-    """Start times for calls of one phone number: never more than `rate` starts in any one-second window.
+    """When calls of one phone number may start: never more than `rate` in any (1 + margin) seconds.
 
-    Slots are spaced 1/rate apart (smooth, no bursts) and additionally capped to `rate` slots per
-    (1 + margin) seconds. A caller must start its call within `margin` after its slot or reserve again, so
-    real start times - not just reservations - keep the cap even when the process stalls. A 130429 pauses
-    the number and halves its pace; each success gives a little back.
+    Two parts. `reserve` hands out smooth target times, 1/rate apart, so a busy number sends evenly instead
+    of in bursts. `start_at`/`started` are the hard cap, over the times calls really start: a caller woken
+    late (a busy event loop, a slow write) may still start if the last second allows it, and otherwise
+    waits, so a late wake-up costs neither the cap nor a slot. The margin absorbs the jitter between our
+    start and WhatsApp's count. A 130429 pauses the number and halves its pace; each success gives back.
     """
 
     rate: int
-    margin: float = 0.05
+    margin: float = 0.1
     factor: float = 1.0
     paused_until: float = 0.0
-    _slots: deque[float] = field(default_factory=deque)
+    _starts: deque[float] = field(default_factory=deque)
     _next: float = 0.0
 
     def effective_rate(self) -> int:
         return max(1, int(self.rate * self.factor))
 
     def reserve(self, now: float) -> float:
-        rate = self.effective_rate()
         start = max(now, self._next, self.paused_until)
-        while len(self._slots) > self.rate:
-            self._slots.popleft()
-        if len(self._slots) >= rate:
-            start = max(start, self._slots[-rate] + 1.0 + self.margin)
-        self._slots.append(start)
-        self._next = start + 1.0 / rate
+        self._next = start + 1.0 / self.effective_rate()
         return start
+
+    def start_at(self, now: float) -> float:
+        """The earliest time from `now` on at which one more call may start."""
+        rate = self.effective_rate()
+        start = max(now, self.paused_until)
+        if len(self._starts) >= rate:
+            start = max(start, self._starts[-rate] + 1.0 + self.margin)
+        return start
+
+    def started(self, now: float) -> None:
+        self._starts.append(now)
+        while len(self._starts) > self.rate:
+            self._starts.popleft()
 
     def slow_down(self, now: float, pause: float) -> None:
         self.paused_until = max(self.paused_until, now + pause)
         self.factor = max(0.05, self.factor / 2)
+        self._next = max(self._next, self.paused_until)
 
     def succeeded(self) -> None:
         if self.factor < 1.0:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RESULTS = Counter("waflow_outbound_results_total", "Send results by outcome", ["outcome"])
 CALLS = Counter("waflow_outbound_calls_total", "Calls to WhatsApp by answer", ["answer"])
+LATE_STARTS = Counter("waflow_outbound_held_starts_total", "Calls held back by the one-second cap")
 LATENCY = Histogram("waflow_outbound_call_seconds", "Duration of one /messages call")
 
 
@@ -86,6 +87,9 @@ class Dispatcher:
         self._lane_settings = lane_settings
         self._rng = rng or random.Random()
         self.lanes: dict[str, Lane] = {}
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._record_latency = 0.0
+        self._lead = settings.call_lead_seconds
 
     # --- lanes ---------------------------------------------------------------------------------------------
     def _rate(self, phone_number_id: str) -> int:
@@ -112,6 +116,8 @@ class Dispatcher:
     async def stop(self) -> None:
         for lane in self.lanes.values():
             await lane.stop()
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=5.0)
 
     # --- results -------------------------------------------------------------------------------------------
     async def finish(self, job: Job, payload: SendAccepted | SendRejected) -> None:
@@ -135,7 +141,11 @@ class Dispatcher:
         if not stored:
             return
         RESULTS.labels(payload.reason if isinstance(payload, SendRejected) else "accepted").inc()
-        await self.publish(job.tenant_id, job.key, event)
+        # The stored outcome is the commitment; publishing it needs no lane worker (a restart publishes what
+        # is stored but unmarked, under the same event id, so consumers drop a repeat).
+        task = asyncio.create_task(self.publish(job.tenant_id, job.key, event))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     async def publish(
         self, tenant_id: str, request_id: str, event: Document | SendAcceptedEvent | SendRejectedEvent
@@ -248,19 +258,27 @@ class Dispatcher:
 
     async def _wait_for_slot(self, lane: Lane, job: Job) -> None:
         """Waits for this number's next slot, recording the attempt durably just before the call starts."""
-        recorded = job.kind == "read"  # marking read twice is harmless: no record needed
-        while True:
-            slot = lane.pace.reserve(lane.now())
-            await asyncio.sleep(max(0.0, slot - self._settings.call_lead_seconds - lane.now()))
-            if not recorded:
-                # From here on a crash cannot tell whether WhatsApp got the call; see `recover`.
-                await self._repository.record_call(job.tenant_id, job.key, job.attempts, self._clock())
-                recorded = True
-            await asyncio.sleep(max(0.0, slot - lane.now()))
-            if lane.now() <= slot + lane.pace.margin and lane.now() >= lane.pace.paused_until:
-                break  # within the slot: starting now keeps the number under its rate
+        slot = lane.pace.reserve(lane.now())
+        await asyncio.sleep(max(0.0, slot - self._lead - lane.now()))
+        if job.kind == "send":  # marking read twice is harmless: no record needed
+            # From here on a crash cannot tell whether WhatsApp got the call; see `recover`.
+            began = lane.now()
+            await self._repository.record_call(job.tenant_id, job.key, job.attempts, self._clock())
+            self._note_record_latency(lane.now() - began)
+        await asyncio.sleep(max(0.0, slot - lane.now()))
+        while (start := lane.pace.start_at(lane.now())) > lane.now():
+            LATE_STARTS.inc()
+            await asyncio.sleep(start - lane.now())
+        # No await between the check and `started`: no other call of this number can slip in between.
+        lane.pace.started(lane.now())
         if job.kind == "send":
             lane.recipient(job.wa_id).take(lane.now())
+
+    def _note_record_latency(self, seconds: float) -> None:
+        """Records start ahead of the slot by about twice their recent latency: too late and the call starts
+        after its slot; too early and more requests would be `outcome_unknown` after a crash."""
+        self._record_latency = 0.9 * self._record_latency + 0.1 * seconds
+        self._lead = min(1.0, max(self._settings.call_lead_seconds, 2 * self._record_latency))
 
     async def _accepted(self, job: Job, answer: Accepted) -> None:
         if job.kind == "read":
