@@ -79,11 +79,21 @@ class ContactRepository:
         await self._contacts(key).update_one({"_id": key}, {"$set": doc, "$push": {OUTBOX_FIELD: entry}}, upsert=True)
 
     async def all_contacts(self) -> AsyncIterator[tuple[str, ContactSnapshot]]:
-        """Every tenant's contacts, once at start: one pass over the shards rather than one per tenant."""
+        """Every tenant's contacts, once at start: one pass over the shards rather than one per tenant.
+
+        Several shards at once: each find costs FerretDB ~10 ms however small the collection.
+        """
         names = sorted(n for n in await self._db.list_collection_names() if n.startswith(SHARD_PREFIX))
-        for name in names:
-            async for doc in self._db[name].find({}, {OUTBOX_FIELD: 0}):
-                yield doc["tenant_id"], snapshot_of(doc)
+        gate = asyncio.Semaphore(8)
+
+        async def read(name: str) -> list[Document]:
+            async with gate:
+                return await self._db[name].find({}, {OUTBOX_FIELD: 0}).to_list()
+
+        for start in range(0, len(names), 64):
+            for docs in await asyncio.gather(*(read(n) for n in names[start : start + 64])):
+                for doc in docs:
+                    yield doc["tenant_id"], snapshot_of(doc)
 
     async def insert_many(self, tenant_id: str, contacts: Sequence[ContactSnapshot]) -> None:
         """Seeds (the benchmark): no events, as if they had been relayed long ago."""
