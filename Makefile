@@ -54,7 +54,7 @@ lint: deps
 
 .PHONY: test
 test: deps infra-install lint
-	$(UV) run pytest -q
+	$(UV) run pytest -q --durations=15
 
 .PHONY: down
 down:

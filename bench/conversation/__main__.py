@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -36,21 +34,13 @@ import httpx
 from waflow_common.admin import Admin, AppFile, TenantFile
 from waflow_common.events.tenants import PhoneNumber
 from waflow_common.kafka import ensure_topics
-from waflow_common.secrets import generate_key
 from waflow_common.settings import CommonSettings
 
+from bench.infra import bench_environment, free_port, settings_from
 from bench.loadgen import Connection, build_request
 
-REPO = Path(__file__).resolve().parents[2]
-INFRA = REPO / "deploy" / "local" / "infra.sh"
 APP_ID, SECRET, NUMBER, WABA = "900100200399", "bench-app-secret", "900000000000091", "900000000000092"
 DISPLAY, API_KEY, TOKEN = "15550001299", "wf_bench_conversation", "bench-access-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -302,34 +292,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait for stragglers")
     args = parser.parse_args()
 
-    run = uuid.uuid4().hex[:6]
-    env = dict(os.environ) | {
-        "WAFLOW_SECRETS_KEY": generate_key(),
-        "WAFLOW_TOPIC_PREFIX": f"bench{run}.",
-        "WAFLOW_DB_PREFIX": f"bench{run}_",
-        "LOG_LEVEL": "WARNING",
-    }
-    infra_env = env | {
-        "WAFLOW_DATA": str(REPO / ".data" / "bench-conversation"),
-        "KAFKA_PORT": str(free_port()),
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-        "MONGO_PORT": str(free_port()),
-    }
-    own_infra = not ("KAFKA_BOOTSTRAP_SERVERS" in os.environ and "MONGODB_URI" in os.environ)
-    if own_infra:
-        subprocess.run(["bash", str(INFRA), "wipe"], env=infra_env, check=True)
-        subprocess.run(["bash", str(INFRA), "start", "all"], env=infra_env, check=True)
-        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{infra_env['KAFKA_PORT']}"
-        env["MONGODB_URI"] = f"mongodb://127.0.0.1:{infra_env['MONGO_PORT']}"
-    try:
-        settings = CommonSettings.model_validate(
-            {k.lower(): v for k, v in env.items() if k.lower() in CommonSettings.model_fields}
-        )
-        asyncio.run(seed(settings))
+    with bench_environment("conversation", mongo=True) as env:
+        asyncio.run(seed(settings_from(env)))
         asyncio.run(measure(args, env))
-    finally:
-        if own_infra:
-            subprocess.run(["bash", str(INFRA), "wipe"], env=infra_env, check=False)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,22 +25,12 @@ import httpx
 from waflow_common.admin import Admin, AppFile, TenantFile
 from waflow_common.events.tenants import PhoneNumber
 from waflow_common.kafka import ensure_topics
-from waflow_common.secrets import generate_key
 from waflow_common.settings import CommonSettings
 
+from bench.infra import REPO, bench_environment, free_port, settings_from
 from bench.loadgen import Result, build_request, closed_loop, open_loop
 
-REPO = Path(__file__).resolve().parents[2]
-INFRA = REPO / "deploy" / "local" / "infra.sh"
 APP_ID, SECRET, NUMBER, WABA = "900100200300", "bench-app-secret", "900000000000001", "900000000000002"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def webhook(i: int) -> bytes:
@@ -186,31 +175,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     args = parser.parse_args()
 
-    run = uuid.uuid4().hex[:6]
-    env = dict(os.environ) | {
-        "WAFLOW_SECRETS_KEY": generate_key(),
-        "WAFLOW_TOPIC_PREFIX": f"bench{run}.",
-        "LOG_LEVEL": "WARNING",
-    }
-    infra_env = env | {
-        "WAFLOW_DATA": str(REPO / ".data" / "bench"),
-        "KAFKA_PORT": str(free_port()),
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-    }
-    own_kafka = "KAFKA_BOOTSTRAP_SERVERS" not in os.environ
-    if own_kafka:
-        subprocess.run(["bash", str(INFRA), "wipe"], env=infra_env, check=True)
-        subprocess.run(["bash", str(INFRA), "start", "kafka"], env=infra_env, check=True)
-        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{infra_env['KAFKA_PORT']}"
-    try:
-        settings = CommonSettings.model_validate(
-            {k.lower(): v for k, v in env.items() if k.lower() in CommonSettings.model_fields}
-        )
-        asyncio.run(seed(settings))
+    with bench_environment("ingest", mongo=False) as env:
+        asyncio.run(seed(settings_from(env)))
         asyncio.run(measure(args, env))
-    finally:
-        if own_kafka:
-            subprocess.run(["bash", str(INFRA), "wipe"], env=infra_env, check=False)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 
 from waflow_common.events.contacts import ContactChangedEvent, ContactListRef, ContactSnapshot
 from waflow_common.events.envelope import Clock, derived_event_id
+from waflow_common.locks import KeyedLocks
 from waflow_common.outbox import outbox_entry
 
 from waflow_contacts import domain
@@ -24,7 +25,6 @@ from waflow_contacts.errors import (
     ListNotFound,
     TooMany,
 )
-from waflow_contacts.locks import KeyedLocks
 from waflow_contacts.repository import ContactRepository, contact_key
 from waflow_contacts.search import ContactDirectory, ContactQuery, InvalidCursor, decode_cursor, encode_cursor
 

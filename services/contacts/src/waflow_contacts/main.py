@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
+from waflow_common.locks import KeyedLocks
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.secrets import SecretBox
@@ -20,7 +21,6 @@ from waflow_common.tenants import TenantRegistry
 from waflow_contacts import handlers
 from waflow_contacts.api import ContactsContext, install_rule_errors, router
 from waflow_contacts.book import ContactBook
-from waflow_contacts.locks import KeyedLocks
 from waflow_contacts.relay import ContactOutboxRelay
 from waflow_contacts.repository import ContactRepository
 from waflow_contacts.search import ContactDirectory

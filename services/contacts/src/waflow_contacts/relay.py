@@ -14,9 +14,9 @@ import contextlib
 import logging
 
 from waflow_common.kafka import EventPublisher
+from waflow_common.locks import KeyedLocks
 from waflow_common.outbox import RELAY_RETRYABLE
 
-from waflow_contacts.locks import KeyedLocks
 from waflow_contacts.repository import ContactRepository
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ Designed around FerretDB v1 on SQLite, measured (bench/contacts and the service'
   expression SQLite does not match to that index, so a point read costs ~15 us per document in the collection;
 - updates are read-modify-write without isolation (100 concurrent `$inc` on one document end at 8).
 So every read and write addresses one document by `_id` (`<tenant_id>:<contact_id>`: a foreign id simply does
-not exist), writes to one document are serialised in this process (locks.KeyedLocks), whole-collection reads
+not exist), writes to one document are serialised in this process (KeyedLocks), whole-collection reads
 happen once at start, and contacts are spread over CONTACT_SHARDS collections by a hash of their key so a
 point read scans ~1/1024 of them. On MongoDB proper the shards cost nothing and `_id` is the only index used.
 """

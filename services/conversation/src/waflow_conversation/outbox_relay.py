@@ -15,37 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from waflow_common.kafka import EventPublisher
+from waflow_common.locks import KeyedLocks
 from waflow_common.outbox import OUTBOX_FIELD, RELAY_RETRYABLE
 
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
-
-
-class KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it (memory stays bounded)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class OutboxRelay:

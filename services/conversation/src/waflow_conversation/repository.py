@@ -43,10 +43,10 @@ from waflow_common.events.conversation import (
 )
 from waflow_common.events.envelope import Clock, derived_event_id
 from waflow_common.events.inbound import MessageReceived
+from waflow_common.locks import KeyedLocks
 from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
-from waflow_conversation.outbox_relay import KeyedLocks
 
 Document = dict[str, Any]
 Parked = Callable[[str, str], None]

@@ -1,4 +1,4 @@
-"""Per-document write locks: FerretDB v1 updates are read-modify-write, so two at once lose one."""
+"""Per-document write locks: FerretDB v1 updates are read-modify-write, so two at once can lose one."""
 
 from __future__ import annotations
 
