@@ -16,6 +16,7 @@ from waflow_common.admin import Admin, main
 from waflow_common.events.conversation import NoteAdded, NoteAddedEvent, conversation_adapter
 from waflow_common.events.envelope import Envelope
 from waflow_common.kafka import Consumer, EventPublisher, make_broker
+from waflow_common.locks import KeyedLocks
 from waflow_common.mongo import make_mongo_client, service_database
 from waflow_common.outbox import OutboxRelay, outbox_entry
 from waflow_common.secrets import SecretBox
@@ -188,23 +189,34 @@ async def test_outbox_publishes_parked_events_once_and_clears_them(
 ) -> None:
     client = make_mongo_client(topics_ready)
     chats = service_database(client, topics_ready, "waflow_outbox_test")["chats"]
-    event = note("parked")
-    doc_id = uuid.uuid4().hex
-    await chats.update_one(
-        {"_id": doc_id, "tenant_id": "tenant-a"},
-        {"$set": {"tenant_id": "tenant-a", "notes": 1}, "$push": {"outbox": outbox_entry(event)}},
-        upsert=True,
-    )
-    relay = OutboxRelay([chats], publisher)
+
+    async def park(text: str) -> tuple[str, NoteAddedEvent]:
+        event, doc_id = note(text), uuid.uuid4().hex
+        await chats.update_one(
+            {"_id": doc_id},
+            {"$set": {"tenant_id": "tenant-a", "notes": 1}, "$push": {"outbox": outbox_entry(event)}},
+            upsert=True,
+        )
+        return doc_id, event
+
+    relay = OutboxRelay({"chats": chats}, publisher, KeyedLocks())
+    notified_id, notified = await park("notified")
+    orphan_id, orphan = await park("left by a process that died before notifying")
+    ids = {str(notified.event_id), str(orphan.event_id)}
     async with TopicReader(topics_ready, topics.CONVERSATION) as reader:
-        assert await relay.relay_once() == 1
-        assert await relay.relay_once() == 0
-        records = await reader.read_records(2, timeout=2.0, where=lambda v: v["event_id"] == str(event.event_id))
-    assert len(records) == 1
-    assert records[0].key == "tenant-a:15550001111"
-    assert records[0].headers["event_type"] == "note.added"
-    stored = await chats.find_one({"_id": doc_id})
-    assert stored is not None
-    assert stored["outbox"] == []
-    assert stored["notes"] == 1
+        relay.notify("chats", notified_id)
+        assert await relay.drain() == 1
+        relay.notify("chats", notified_id)
+        assert await relay.drain() == 0  # already cleared: nothing is published twice
+        assert await relay.scan() == 1  # the orphan is found by the scan
+        assert await relay.drain() == 1
+        records = await reader.read_records(3, timeout=2.0, where=lambda v: v["event_id"] in ids)
+    assert sorted(r.value["event_id"] for r in records) == sorted(ids)
+    assert {r.key for r in records} == {"tenant-a:15550001111"}
+    assert {r.headers["event_type"] for r in records} == {"note.added"}
+    for doc_id in (notified_id, orphan_id):
+        stored = await chats.find_one({"_id": doc_id})
+        assert stored is not None
+        assert stored["outbox"] == []
+        assert stored["notes"] == 1
     await client.close()

@@ -17,6 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from waflow_common.events.envelope import Envelope
 from waflow_common.kafka import TRANSIENT_ERRORS, EventPublisher, PublishError
+from waflow_common.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -39,58 +40,89 @@ def outbox_entry(event: Envelope[Any]) -> Document:
 
 
 class OutboxRelay:
-    """Polls the given collections for documents with parked events and publishes them in order."""
+    """Publishes events parked in documents' outboxes, oldest notification first, then removes exactly those.
+
+    Writers call `notify(collection, _id)` after parking an event, so the relay reads one document by `_id`
+    instead of searching: on FerretDB v1 a query on `outbox.0` reads the whole collection, and `$pull` with a
+    condition matches nothing (hence `$pullAll` of the entries as read). `scan()` at start and every
+    `rescan_seconds` finds what a process that died between a change and its publication left parked. The
+    document's lock (shared with its writers) keeps a concurrent change from being overwritten by the clear.
+    """
 
     def __init__(
         self,
-        collections: list[AsyncCollection[Document]],
+        collections: dict[str, AsyncCollection[Document]],
         publisher: EventPublisher,
+        locks: KeyedLocks,
         *,
-        interval_seconds: float = 0.05,
-        batch: int = 200,
+        retry_seconds: float = 1.0,
+        rescan_seconds: float = 300.0,
     ) -> None:
         self._collections = collections
         self._publisher = publisher
-        self._interval = interval_seconds
-        self._batch = batch
+        self._locks = locks
+        self._retry = retry_seconds
+        self._rescan = rescan_seconds
+        self._pending: dict[tuple[str, str], None] = {}  # insertion-ordered set: oldest first
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def notify(self) -> None:
-        """Called after a write that parked an event, so the relay does not wait for its next poll."""
+    def notify(self, collection: str, doc_id: str) -> None:
+        """A document just parked an event: publish it now rather than at the next scan."""
+        self._pending[(collection, doc_id)] = None
         self._wake.set()
 
-    async def relay_once(self) -> int:
+    async def relay_document(self, collection: str, doc_id: str) -> int:
+        coll = self._collections[collection]
+        async with self._locks.hold(f"{collection}:{doc_id}"):
+            doc = await coll.find_one({"_id": doc_id}, {OUTBOX_FIELD: 1})
+            entries: list[Document] = (doc or {}).get(OUTBOX_FIELD) or []
+            for entry in entries:
+                await self._publisher.publish_raw(
+                    entry["topic"], entry["value"].encode(), key=entry["key"].encode(), headers=entry["headers"]
+                )
+            if entries:
+                await coll.update_one({"_id": doc_id}, {"$pullAll": {OUTBOX_FIELD: entries}})
+        return len(entries)
+
+    async def scan(self) -> int:
+        """Queues every document that still has parked events (after a restart, or as a safety net)."""
+        found = 0
+        for name, coll in self._collections.items():
+            async for doc in coll.find({f"{OUTBOX_FIELD}.0": {"$exists": True}}, {"_id": 1}):
+                self.notify(name, doc["_id"])
+                found += 1
+        return found
+
+    async def drain(self) -> int:
         published = 0
-        for collection in self._collections:
-            cursor = collection.find({f"{OUTBOX_FIELD}.0": {"$exists": True}}, {OUTBOX_FIELD: 1}).limit(self._batch)
-            async for doc in cursor:
-                entries: list[Document] = doc[OUTBOX_FIELD]
-                for entry in entries:
-                    await self._publisher.publish_raw(
-                        entry["topic"],
-                        entry["value"].encode(),
-                        key=entry["key"].encode(),
-                        headers=entry["headers"],
-                    )
-                # $pullAll removes exactly the entries just published (FerretDB's $pull takes no conditions);
-                # entries parked meanwhile stay for the next round.
-                await collection.update_one({"_id": doc["_id"]}, {"$pullAll": {OUTBOX_FIELD: entries}})
-                published += len(entries)
+        while self._pending:
+            key = next(iter(self._pending))
+            # Taken off first: a notification arriving while it is relayed queues it again.
+            del self._pending[key]
+            try:
+                published += await self.relay_document(*key)
+            except BaseException:
+                self._pending[key] = None
+                raise
         return published
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_scan = 0.0
         while True:
             try:
-                published = await self.relay_once()
+                if loop.time() >= next_scan:
+                    await self.scan()
+                    next_scan = loop.time() + self._rescan
+                self._wake.clear()
+                await self.drain()
             except RELAY_RETRYABLE as exc:
                 log.warning("outbox relay could not publish; will retry", extra={"error": repr(exc)})
-                published = 0
-                await asyncio.sleep(1.0)
-            if published == 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval * 10)
+                await asyncio.sleep(self._retry)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._retry)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="outbox-relay")

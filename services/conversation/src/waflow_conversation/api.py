@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 from waflow_common.events.envelope import Clock
 from waflow_common.events.outbound import OutgoingMessage, TemplateMessage, TextMessage
 from waflow_common.http import ERROR_RESPONSES, error_body, tenant_dependency
+from waflow_common.outbox import OutboxRelay
 from waflow_common.tenants import Tenant, TenantRegistry
 
 from waflow_conversation import domain
 from waflow_conversation.handlers import WindowSweeper
-from waflow_conversation.outbox_relay import OutboxRelay
 from waflow_conversation.repository import ChatFilter, ChatNotFound, ChatRepository, new_request_id
 from waflow_conversation.repository_messages import MessageNotFound, MessageRepository, NoteRepository
 from waflow_conversation.schemas import (

@@ -14,13 +14,13 @@ from waflow_common.http import health_router, install_correlation, install_error
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
+from waflow_common.outbox import OutboxRelay
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
 from waflow_conversation.api import ConversationContext, install_domain_errors, router
 from waflow_conversation.handlers import GROUP_ID, ConversationHandlers, WindowSweeper
-from waflow_conversation.outbox_relay import OutboxRelay
 from waflow_conversation.repository import ChatRepository, Collections
 from waflow_conversation.repository_messages import MessageRepository, NoteRepository, TimelineIndex
 

@@ -10,7 +10,7 @@ end at 7). So:
   the domain rules and writes it back, so no two writers in this process ever lose an update;
 - scans are left to listing small collections (chats, notes) and the window sweep.
 Nothing relies on multi-document transactions; an event that must accompany a change rides in the same
-document's outbox (see outbox_relay). The secondary indexes serve MongoDB proper.
+document's outbox (see waflow_common.outbox). The secondary indexes serve MongoDB proper.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Collections:
     """The service's collections and their indexes (created at start; idempotent)."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
-        # Shared by every writer of these collections and the outbox relay (see outbox_relay).
+        # Shared by every writer of these collections and the outbox relay (see waflow_common.outbox).
         self.locks = KeyedLocks()
         self.chats: AsyncCollection[Document] = db["chats"]
         self.messages: AsyncCollection[Document] = db["messages"]
