@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -65,4 +66,8 @@ def create_app(settings: IngestSettings | None = None, *, clock: Clock = utcnow)
 def run() -> None:
     settings = IngestSettings()
     configure_logging(settings.log_level)
+    # Everything loaded so far lives as long as the process; keeping it out of the collector's generations
+    # shortens the pauses that otherwise land in the webhook latency tail, and so does collecting less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     uvicorn.run(create_app(settings), host=settings.ingest_host, port=settings.ingest_port, log_config=None)
