@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+from waflow_common.admin import Admin, AppFile, TenantFile
+from waflow_common.events.tenants import PhoneNumber
+from waflow_common.kafka import ensure_topics
 from waflow_common.secrets import generate_key
 from waflow_common.settings import CommonSettings
 
@@ -58,3 +66,53 @@ def bench_environment(name: str, *, mongo: bool) -> Iterator[dict[str, str]]:
     finally:
         if not given:
             subprocess.run(["bash", str(INFRA), "wipe"], env=infra_env, check=False)
+
+
+async def wait_healthy(port: int, path: str = "/healthz", timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"http://127.0.0.1:{port}{path}")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+@dataclass(frozen=True)
+class BenchTenant:
+    tenant_id: str
+    app_id: str
+    app_secret: str
+    phone_number_id: str
+    waba_id: str
+    display_phone_number: str
+    access_token: str
+    api_key: str
+
+
+async def seed_tenant(settings: CommonSettings, tenant: BenchTenant) -> None:
+    """Creates the topics, the tenant's Meta app and the tenant itself on tenants.v1."""
+    await ensure_topics(settings)
+    async with Admin(settings) as admin:
+        await admin.put_app(
+            AppFile(app_id=tenant.app_id, name="bench", app_secret=tenant.app_secret, verify_token="bench-verify")
+        )
+        while admin.registry.app(tenant.app_id) is None:
+            await asyncio.sleep(0.05)
+        await admin.put_tenant(
+            TenantFile(
+                tenant_id=tenant.tenant_id,
+                name="Bench",
+                app_id=tenant.app_id,
+                access_token=tenant.access_token,
+                phone_numbers=[
+                    PhoneNumber(
+                        phone_number_id=tenant.phone_number_id,
+                        waba_id=tenant.waba_id,
+                        display_phone_number=tenant.display_phone_number,
+                    )
+                ],
+                api_keys=[tenant.api_key],
+            )
+        )

@@ -31,16 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from waflow_common.admin import Admin, AppFile, TenantFile
-from waflow_common.events.tenants import PhoneNumber
-from waflow_common.kafka import ensure_topics
-from waflow_common.settings import CommonSettings
 
-from bench.infra import bench_environment, free_port, settings_from
+from bench.infra import BenchTenant, bench_environment, free_port, seed_tenant, settings_from, wait_healthy
 from bench.loadgen import Connection, build_request
 
 APP_ID, SECRET, NUMBER, WABA = "900100200399", "bench-app-secret", "900000000000091", "900000000000092"
 DISPLAY, API_KEY, TOKEN = "15550001299", "wf_bench_conversation", "bench-access-token"
+TENANT = BenchTenant("bench-conversation", APP_ID, SECRET, NUMBER, WABA, DISPLAY, TOKEN, API_KEY)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -64,37 +61,6 @@ class Load:
 
     def seen(self) -> int:
         return sum(len(v) for v in self.visible.values())
-
-
-async def seed(settings: CommonSettings) -> None:
-    await ensure_topics(settings)
-    async with Admin(settings) as admin:
-        await admin.put_app(AppFile(app_id=APP_ID, name="bench", app_secret=SECRET, verify_token="bench-verify"))
-        while admin.registry.app(APP_ID) is None:
-            await asyncio.sleep(0.05)
-        await admin.put_tenant(
-            TenantFile(
-                tenant_id="bench-conversation",
-                name="Bench",
-                app_id=APP_ID,
-                access_token=TOKEN,
-                phone_numbers=[PhoneNumber(phone_number_id=NUMBER, waba_id=WABA, display_phone_number=DISPLAY)],
-                api_keys=[API_KEY],
-            )
-        )
-
-
-async def wait_healthy(port: int, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port}")
 
 
 async def consumed_events(http: httpx.AsyncClient, port: int) -> float:
@@ -293,7 +259,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with bench_environment("conversation", mongo=True) as env:
-        asyncio.run(seed(settings_from(env)))
+        asyncio.run(seed_tenant(settings_from(env), TENANT))
         asyncio.run(measure(args, env))
 
 

@@ -21,16 +21,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-from waflow_common.admin import Admin, AppFile, TenantFile
-from waflow_common.events.tenants import PhoneNumber
-from waflow_common.kafka import ensure_topics
-from waflow_common.settings import CommonSettings
-
-from bench.infra import REPO, bench_environment, free_port, settings_from
+from bench.infra import REPO, BenchTenant, bench_environment, free_port, seed_tenant, settings_from, wait_healthy
 from bench.loadgen import Result, build_request, closed_loop, open_loop
 
 APP_ID, SECRET, NUMBER, WABA = "900100200300", "bench-app-secret", "900000000000001", "900000000000002"
+TENANT = BenchTenant("bench", APP_ID, SECRET, NUMBER, WABA, "15550001234", "bench-access-token", "wf_bench")
 
 
 def webhook(i: int) -> bytes:
@@ -75,37 +70,6 @@ def signed_request(port: int) -> Callable[[int], bytes]:
     return make
 
 
-async def wait_healthy(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/docs")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port}")
-
-
-async def seed(settings: CommonSettings) -> None:
-    await ensure_topics(settings)
-    async with Admin(settings) as admin:
-        await admin.put_app(AppFile(app_id=APP_ID, name="bench", app_secret=SECRET, verify_token="bench-verify"))
-        while admin.registry.app(APP_ID) is None:
-            await asyncio.sleep(0.05)
-        await admin.put_tenant(
-            TenantFile(
-                tenant_id="bench",
-                name="Bench",
-                app_id=APP_ID,
-                access_token="bench-access-token",
-                phone_numbers=[PhoneNumber(phone_number_id=NUMBER, waba_id=WABA, display_phone_number="15550001234")],
-                api_keys=["wf_bench"],
-            )
-        )
-
-
 async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
     ingest_port, bare_port = free_port(), free_port()
     bin_dir = Path(sys.executable).parent
@@ -128,7 +92,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
         ),
     ]
     try:
-        await asyncio.gather(wait_healthy(ingest_port), wait_healthy(bare_port))
+        await asyncio.gather(wait_healthy(ingest_port), wait_healthy(bare_port, path="/docs"))
         targets = {"ingest": ingest_port, "bare FastAPI": bare_port}
         for port in targets.values():  # warm-up: connections and lazy imports
             await closed_loop("127.0.0.1", port, signed_request(port), concurrency=8, duration_s=2)
@@ -176,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with bench_environment("ingest", mongo=False) as env:
-        asyncio.run(seed(settings_from(env)))
+        asyncio.run(seed_tenant(settings_from(env), TENANT))
         asyncio.run(measure(args, env))
 
 
