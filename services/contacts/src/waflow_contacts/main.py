@@ -14,6 +14,7 @@ from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_
 from waflow_common.locks import KeyedLocks
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
+from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -93,4 +94,5 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
 def run() -> None:
     settings = ContactsSettings()
     configure_logging(settings.log_level)
+    tune_garbage_collector()
     uvicorn.run(create_app(settings), host=settings.contacts_host, port=settings.contacts_port, log_config=None)

@@ -15,6 +15,7 @@ from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
+from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -107,4 +108,5 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
 def run() -> None:
     settings = ConversationSettings()
     configure_logging(settings.log_level)
+    tune_garbage_collector()
     uvicorn.run(create_app(settings), host=settings.conversation_host, port=settings.conversation_port, log_config=None)

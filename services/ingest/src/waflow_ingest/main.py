@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +11,7 @@ from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import EventPublisher, kafka_reachable, make_broker
 from waflow_common.logs import configure_logging
+from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -66,8 +66,5 @@ def create_app(settings: IngestSettings | None = None, *, clock: Clock = utcnow)
 def run() -> None:
     settings = IngestSettings()
     configure_logging(settings.log_level)
-    # Everything loaded so far lives as long as the process; keeping it out of the collector's generations
-    # shortens the pauses that otherwise land in the webhook latency tail, and so does collecting less often.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_garbage_collector()
     uvicorn.run(create_app(settings), host=settings.ingest_host, port=settings.ingest_port, log_config=None)

@@ -16,6 +16,7 @@ from waflow_common.http import health_router, install_correlation, install_error
 from waflow_common.kafka import EventPublisher, kafka_reachable, make_broker
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
+from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -145,6 +146,7 @@ def create_app(settings: OutboundSettings | None = None, *, clock: Clock = utcno
 def run() -> None:
     settings = OutboundSettings()
     configure_logging(settings.log_level)
+    tune_garbage_collector()
     uvicorn.run(create_app(settings), host=settings.outbound_host, port=settings.outbound_port, log_config=None)
 
 
