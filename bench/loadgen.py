@@ -69,6 +69,21 @@ class Connection:
             self.writer.close()
 
 
+async def _send(conn: Connection, raw: bytes, since: float, result: Result) -> Connection:
+    """Sends one request and records its latency from `since` (or its error, with 0 for a broken connection);
+    returns the connection to use next."""
+    try:
+        status = await conn.request(raw)
+    except (ConnectionError, OSError, asyncio.IncompleteReadError):
+        result.errors[0] = result.errors.get(0, 0) + 1
+        return Connection(conn.host, conn.port)
+    if status == 200:
+        result.latencies_ms.append((time.perf_counter() - since) * 1000)
+    else:
+        result.errors[status] = result.errors.get(status, 0) + 1
+    return conn
+
+
 def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
     lines = [
         f"POST {path} HTTP/1.1",
@@ -93,17 +108,7 @@ async def closed_loop(
         try:
             while time.perf_counter() < stop_at:
                 raw = make_request(next(counter))
-                t0 = time.perf_counter()
-                try:
-                    status = await conn.request(raw)
-                except (ConnectionError, OSError, asyncio.IncompleteReadError):
-                    result.errors[0] = result.errors.get(0, 0) + 1
-                    conn = Connection(host, port)
-                    continue
-                if status == 200:
-                    result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                else:
-                    result.errors[status] = result.errors.get(status, 0) + 1
+                conn = await _send(conn, raw, time.perf_counter(), result)
         finally:
             conn.close()
 
@@ -125,16 +130,7 @@ async def open_loop(
         try:
             while (item := await queue.get()) is not None:
                 due, raw = item
-                try:
-                    status = await conn.request(raw)
-                except (ConnectionError, OSError, asyncio.IncompleteReadError):
-                    result.errors[0] = result.errors.get(0, 0) + 1
-                    conn = Connection(host, port)
-                    continue
-                if status == 200:
-                    result.latencies_ms.append((time.perf_counter() - due) * 1000)
-                else:
-                    result.errors[status] = result.errors.get(status, 0) + 1
+                conn = await _send(conn, raw, due, result)
         finally:
             conn.close()
 
