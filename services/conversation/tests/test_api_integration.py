@@ -21,6 +21,11 @@ async def _chat_with(stack: Stack, wa_id: str, *bodies: str) -> dict[str, Any]:
     return await eventually(lambda: _unread(stack, wa_id, len(bodies)))
 
 
+async def _timeline_with(stack: Stack, chat_id: str, messages: int) -> list[dict[str, Any]] | None:
+    items = await stack.timeline(chat_id)
+    return items if sum(i["kind"] == "message" for i in items) >= messages else None
+
+
 async def _unread(stack: Stack, wa_id: str, count: int) -> dict[str, Any] | None:
     chat = await stack.chat_for(wa_id)
     return chat if chat["unread_count"] == count else None
@@ -115,7 +120,8 @@ async def _preview(stack: Stack, wa_id: str, text: str) -> bool:
 async def test_delete_for_me_hides_one_message_idempotently(stack: Stack) -> None:
     wa_id = new_wa_id()
     chat = await _chat_with(stack, wa_id, "keep", "hide me")
-    items = await stack.timeline(chat["chat_id"])
+    # The timeline shows a message a moment after the chat counted it: wait for both.
+    items = await eventually(lambda: _timeline_with(stack, chat["chat_id"], 2))
     hidden = next(i for i in items if i["content"]["body"] == "hide me")
     path = f"/v1/chats/{chat['chat_id']}/messages/{hidden['message_id']}"
     assert (await stack.http.delete(path, headers=stack.a.auth)).status_code == 204
