@@ -169,7 +169,9 @@ async def test_customer_writes_agent_answers_statuses_reach_read_then_the_window
 
     async def tagged() -> dict[str, Any] | None:
         chat = await chat_of(flow, wa_id)
-        return chat if chat and chat["contact"] and chat["contact"]["tags"] == ["vip"] else None
+        if chat is None or not chat["contact"] or not chat["last_message"]:
+            return None
+        return chat if chat["contact"]["tags"] == ["vip"] else None
 
     chat = await eventually(tagged)
     assert chat["window"]["open"] is True

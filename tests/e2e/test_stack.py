@@ -75,7 +75,8 @@ async def test_a_customer_message_reaches_the_agents_apis(stack: dict[str, int])
             chat = next((c for c in chats["items"] if c["wa_id"] == wa_id), None)
             contacts = (await http.get(f"http://127.0.0.1:{stack['contacts']}/v1/contacts", headers=auth)).json()
             contact = next((c for c in contacts["items"] if c["wa_id"] == wa_id), None)
-            if chat and contact:
+            # The chat can show up a moment before its first message (two writes): wait for both.
+            if chat and chat["last_message"] and contact:
                 break
             await asyncio.sleep(0.1)
         assert chat is not None

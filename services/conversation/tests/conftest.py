@@ -210,6 +210,11 @@ class Stack:
 
         return await eventually(find)
 
+    async def preview_is(self, wa_id: str, text: str, tenant: SeededTenant = TENANT_A) -> bool:
+        """True once the chat's last message is this text (the chat itself may show up a moment earlier)."""
+        last = (await self.chat_for(wa_id, tenant)).get("last_message")
+        return bool(last and last["preview"] == text)
+
     async def timeline(self, chat_id: str, tenant: SeededTenant = TENANT_A, limit: int = 200) -> list[dict[str, Any]]:
         r = await self.get(f"/v1/chats/{chat_id}/messages", tenant, limit=limit)
         assert r.status_code == 200, r.text

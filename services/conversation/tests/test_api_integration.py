@@ -103,7 +103,7 @@ async def test_read_state_counts_and_events(stack: Stack) -> None:
     # A customer message counted while the agent reads: never lost, never counted twice.
     more = stack.text(wa_id, "three", at=stack.clock.now + timedelta(seconds=10))
     await asyncio.gather(stack.publish(more, more), stack.post(f"/v1/chats/{chat_id}/read"))
-    await eventually(lambda: _preview(stack, wa_id, "three"))
+    await eventually(lambda: stack.preview_is(wa_id, "three"))
     chat = await stack.chat_for(wa_id)
     assert chat["unread_count"] in (0, 1)
     r = await stack.post("/v1/chats/mark-all-read")
@@ -111,10 +111,6 @@ async def test_read_state_counts_and_events(stack: Stack) -> None:
     assert (await stack.chat_for(wa_id))["unread_count"] == 0
     assert (await stack.post("/v1/chats/mark-all-read")).json() == {"chats_marked_read": 0}
     assert (await stack.timeline(chat_id))[1]["unread"] is False
-
-
-async def _preview(stack: Stack, wa_id: str, text: str) -> bool:
-    return bool((await stack.chat_for(wa_id))["last_message"]["preview"] == text)
 
 
 async def test_delete_for_me_hides_one_message_idempotently(stack: Stack) -> None:

@@ -187,4 +187,4 @@ async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(stack: 
     assert "invalid event" in by_type["ValidationError"]["error"]
     assert by_type["MissingTenant"]["consumer"] == "conversation"
     await stack.publish(stack.text(wa_id, "still here"))
-    assert (await stack.chat_for(wa_id))["last_message"]["preview"] == "still here"
+    assert await eventually(lambda: stack.preview_is(wa_id, "still here"), what="the next message applied")

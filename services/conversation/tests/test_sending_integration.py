@@ -112,15 +112,11 @@ async def test_failed_is_final_unless_a_later_delivery_arrives(stack: Stack) -> 
     # An earlier-stamped delivered does not revive it; a later one does (multi-device).
     await stack.publish(stack.status(wamid, wa_id, "delivered", failed_at - timedelta(seconds=1)))
     await stack.publish(stack.text(wa_id, "marker"))
-    await eventually(lambda: _last_preview(stack, wa_id, "marker"))
+    await eventually(lambda: stack.preview_is(wa_id, "marker"))
     assert (await _message(stack, chat["chat_id"], message_id))["status"] == "failed"
     await stack.publish(stack.status(wamid, wa_id, "delivered", failed_at + timedelta(seconds=3)))
     message = await eventually(lambda: _status_is(stack, chat["chat_id"], message_id, "delivered"))
     assert message["failure"] is None
-
-
-async def _last_preview(stack: Stack, wa_id: str, preview: str) -> bool:
-    return bool((await stack.chat_for(wa_id))["last_message"]["preview"] == preview)
 
 
 async def test_rejected_send_shows_the_reason(stack: Stack) -> None:
