@@ -25,7 +25,7 @@ pom="$here/kafka/pom.xml"
 pom_hash="$(sha256sum "$pom" | cut -c1-12)"
 kafka_libs="$cache/kafka-$pom_hash/libs"
 fdb_src="$here/ferretdb"
-fdb_hash="$(cat "$fdb_src/go.mod" "$fdb_src/main.go" | sha256sum | cut -c1-12)"
+fdb_hash="$(cat "$fdb_src/go.mod" "$fdb_src/main.go" "$fdb_src/patch.sh" | sha256sum | cut -c1-12)"
 fdb_bin="$cache/ferretdb-$fdb_hash/ferretdb"
 
 log() { printf '[infra] %s\n' "$*" >&2; }
@@ -47,9 +47,15 @@ install_kafka() {
 install_ferretdb() {
   if [ -x "$fdb_bin" ]; then return; fi
   need go "install Go 1.24+ (Debian: apt-get install -y golang, or the official toolchain)"
-  log "building FerretDB from the Go module proxy (a few minutes the first time)"
-  mkdir -p "$(dirname "$fdb_bin")"
-  (cd "$fdb_src" && GOFLAGS=-mod=mod go build -o "$fdb_bin.tmp" . && mv "$fdb_bin.tmp" "$fdb_bin")
+  log "building FerretDB from the Go module proxy, with waflow's _id index fix (a few minutes the first time)"
+  local work
+  work="$(dirname "$fdb_bin")"
+  rm -rf "$work/build" && mkdir -p "$work/build"
+  # FerretDB's source with our fix applied (see patch.sh), built through our embedding module.
+  bash "$fdb_src/patch.sh" "$work/src"
+  cp "$fdb_src/go.mod" "$fdb_src/go.sum" "$fdb_src/main.go" "$work/build/"
+  (cd "$work/build" && go mod edit -replace "github.com/FerretDB/FerretDB=$work/src" &&
+    GOFLAGS=-mod=mod go build -o "$fdb_bin.tmp" . && mv "$fdb_bin.tmp" "$fdb_bin")
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -20,7 +20,15 @@ func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
 	dataDir := flag.String("data-dir", "data", "directory holding the SQLite database files")
 	logLevel := flag.String("log-level", "warn", "debug, info, warn or error")
+	// WAL with synchronous=NORMAL: nothing is lost when a process crashes; the last commits may be lost when the
+	// machine loses power. That is the trade a single Kafka broker makes by default too (it leaves flushing to
+	// the OS), and it doubles the writes a second. "full" syncs every commit.
+	synchronous := flag.String("sqlite-synchronous", "normal", "SQLite synchronous pragma: normal or full")
 	flag.Parse()
+
+	if *synchronous != "normal" && *synchronous != "full" {
+		log.Fatalf("--sqlite-synchronous must be normal or full, not %q", *synchronous)
+	}
 
 	if err := os.MkdirAll(*dataDir, 0o755); err != nil {
 		log.Fatal(err)
@@ -36,7 +44,7 @@ func main() {
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},
 		Logger:    logger,
 		Handler:   "sqlite",
-		SQLiteURL: "file:" + *dataDir + "/",
+		SQLiteURL: "file:" + *dataDir + "/?_pragma=synchronous(" + *synchronous + ")",
 	})
 	if err != nil {
 		log.Fatal(err)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's fixes to it.
+#
+# The one fix: FerretDB v1.24's SQLite backend finds a document by _id with `_ferretdb_sjson->'$._id' = ?`
+# (find, update and delete), but creates the collection's unique _id index on `_ferretdb_sjson->"_id"`.
+# SQLite only uses an expression index for the same expression, so every lookup by _id scanned the whole
+# table (an update took 20 ms with 1,000 documents, and grew with the collection). `->'_id'` is the expression
+# the index was built on: lookups by _id use it, and existing databases need no migration.
+set -euo pipefail
+
+dest="$1"
+version="$(sed -n 's/^require github.com\/FerretDB\/FerretDB \(v[^ ]*\)$/\1/p' "$(dirname "$0")/go.mod")"
+[ -n "$version" ] || { echo "patch.sh: FerretDB version not found in go.mod" >&2; exit 1; }
+src="$(cd "$(dirname "$0")" && GOFLAGS=-mod=mod go mod download -json "github.com/FerretDB/FerretDB@$version" |
+  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+[ -d "$src" ] || { echo "patch.sh: FerretDB $version source not downloaded" >&2; exit 1; }
+
+rm -rf "$dest" && mkdir -p "$(dirname "$dest")"
+cp -R "$src" "$dest" && chmod -R u+w "$dest"
+
+file="$dest/internal/backends/sqlite/metadata/metadata.go"
+before="IDColumn = DefaultColumn + \"->'\$._id'\""
+after="IDColumn = DefaultColumn + \"->'_id'\""
+grep -qF "$before" "$file" || { echo "patch.sh: $file has changed; review the _id index fix" >&2; exit 1; }
+sed -i "s|->'\\\$\\._id'|->'_id'|" "$file"
+grep -qF "$after" "$file" || { echo "patch.sh: the _id index fix did not apply" >&2; exit 1; }
