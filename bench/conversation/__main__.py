@@ -1,7 +1,7 @@
 """Benchmark conversation: customers write through the WhatsApp simulator at a fixed rate; how soon is each
 message visible in the chat API, is any lost or duplicated, and how fast does the consumer go?
 
-    uv run python -m bench.conversation [--rate 500] [--duration 60] [--customers 200] [--workers 3]
+    uv run python -m bench.conversation [--rate 500] [--duration 60] [--customers 200] [--concurrency 16]
 
 Runs the simulator, ingest and conversation as separate processes (uvicorn each). Uses KAFKA_BOOTSTRAP_SERVERS
 and MONGODB_URI when both are set, else starts a Kafka and a FerretDB of its own (deploy/local/infra.sh).
@@ -165,7 +165,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             env=env
             | {
                 "CONVERSATION_PORT": str(ports["conversation"]),
-                "CONVERSATION_CONSUMER_WORKERS": str(args.workers),
+                "CONVERSATION_CONSUMER_CONCURRENCY": str(args.concurrency),
             },
         ),
     ]
@@ -231,7 +231,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
     sent = load.expected()
     print(
         f"\nconversation: {args.rate:.0f} msg/s for {args.duration:.0f} s over {args.customers} customers, "
-        f"{args.workers} consumer worker(s) per topic, poll every {args.poll_ms:.0f} ms"
+        f"{args.concurrency} chats applied at once, poll every {args.poll_ms:.0f} ms"
     )
     print(f"  sent {sent}   send errors {load.failed_sends}   sending took {sent_done - started:.1f} s")
     print(
@@ -252,7 +252,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="customer messages per second")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--customers", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=3, help="consumers per topic (each owns partitions)")
+    parser.add_argument("--concurrency", type=int, default=16, help="chats the consumer applies at once")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections to the simulator")
     parser.add_argument("--poll-ms", type=float, default=100.0)
     parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait for stragglers")

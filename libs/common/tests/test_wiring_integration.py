@@ -144,8 +144,9 @@ async def publisher(topics_ready: CommonSettings) -> AsyncIterator[EventPublishe
     await broker.stop()
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
 async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(
-    topics_ready: CommonSettings, publisher: EventPublisher
+    topics_ready: CommonSettings, publisher: EventPublisher, batched: bool
 ) -> None:
     seen: list[str] = []
     marker = uuid.uuid4().hex
@@ -156,12 +157,15 @@ async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(
         seen.append(event.payload.text)
 
     broker = make_broker(topics_ready, client_id="test-consumer")
-    Consumer(broker, topics_ready, group_id=f"test-{marker}", retry_delay_seconds=0.01).subscribe(
-        topics.CONVERSATION, conversation_adapter, handle
-    )
+    consumer = Consumer(broker, topics_ready, group_id=f"test-{marker}", retry_delay_seconds=0.01)
+    if batched:
+        consumer.subscribe_batched(topics.CONVERSATION, conversation_adapter, handle, concurrency=4)
+    else:
+        consumer.subscribe(topics.CONVERSATION, conversation_adapter, handle)
     async with TopicReader(topics_ready, topics.dlq(topics.CONVERSATION)) as dlq:
-        await publisher.publish_raw(topics.CONVERSATION, b"{not json", key=b"k", headers={})
-        await publisher.publish_raw(topics.CONVERSATION, b'{"event_type":"note.added"}', key=b"k", headers={})
+        not_json, incomplete = f"{{not json {marker}", f'{{"event_type":"note.added","marker":"{marker}"}}'
+        await publisher.publish_raw(topics.CONVERSATION, not_json.encode(), key=b"k", headers={})
+        await publisher.publish_raw(topics.CONVERSATION, incomplete.encode(), key=b"k", headers={})
         await publisher.publish(note(f"explode {marker}"))
         await publisher.publish(note(f"fine {marker}"))
         await broker.start()
@@ -170,7 +174,8 @@ async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(
                 if f"fine {marker}" in seen:
                     break
                 await asyncio.sleep(0.05)
-            letters = await dlq.read(3, timeout=10)
+            # Only this run's letters (a new group also reads what earlier runs left on the topic).
+            letters = await dlq.read(3, timeout=10, where=lambda letter: marker in letter["value"])
         finally:
             await broker.stop()
     assert f"fine {marker}" in seen
@@ -180,8 +185,54 @@ async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(
     assert "invalid event" in by_type["ValidationError"]["error"]
     assert by_type["RuntimeError"]["attempts"] == 3
     assert "cannot cope" in by_type["RuntimeError"]["error"]
-    assert any(letter["value"] == "{not json" for letter in letters)
+    assert any(letter["value"] == not_json for letter in letters)
     assert all(letter["topic"] == topics_ready.topic(topics.CONVERSATION) for letter in letters)
+
+
+async def test_a_batched_consumer_keeps_each_keys_order_applies_keys_side_by_side_and_commits(
+    topics_ready: CommonSettings, publisher: EventPublisher
+) -> None:
+    marker = uuid.uuid4().hex
+    keys = [f"chat-{i}" for i in range(6)]
+    sent = {key: [f"{key} {n} {marker}" for n in range(15)] for key in keys}
+    for n in range(15):  # interleaved, as many chats write at once
+        for key in keys:
+            event = note(sent[key][n])
+            await publisher.publish_raw(topics.CONVERSATION, event.to_json(), key=key.encode(), headers={})
+    seen: dict[str, list[str]] = {key: [] for key in keys}
+    in_flight = most_in_flight = 0
+
+    async def handle(event: Envelope[NoteAdded]) -> None:
+        nonlocal in_flight, most_in_flight
+        key = event.payload.text.split(" ")[0]
+        if not event.payload.text.endswith(marker):
+            return
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        await asyncio.sleep(0.002 * (hash(event.payload.text) % 5))  # uneven work
+        seen[key].append(event.payload.text)
+        in_flight -= 1
+
+    async def run_consumer(until: Callable[[], bool]) -> None:
+        broker = make_broker(topics_ready, client_id="test-batched")
+        Consumer(broker, topics_ready, group_id=f"test-{marker}").subscribe_batched(
+            topics.CONVERSATION, conversation_adapter, handle, concurrency=4
+        )
+        await broker.start()
+        try:
+            await eventually(until, timeout=20)
+        finally:
+            await broker.stop()
+
+    await run_consumer(lambda: sum(map(len, seen.values())) == 90)
+    assert seen == sent
+    assert 1 < most_in_flight <= 4
+    # Committed: the group's next consumer starts after them (a newer record proves it is running).
+    last = note(f"chat-0 last {marker}")
+    await publisher.publish_raw(topics.CONVERSATION, last.to_json(), key=b"chat-0", headers={})
+    await run_consumer(lambda: seen["chat-0"][-1:] == [last.payload.text])
+    assert seen["chat-0"] == [*sent["chat-0"], last.payload.text]
+    assert all(seen[key] == sent[key] for key in keys[1:])
 
 
 async def test_outbox_publishes_parked_events_once_and_clears_them(

@@ -242,7 +242,9 @@ async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
         "WAFLOW_TOPIC_PREFIX": f"{settings_env['WAFLOW_TOPIC_PREFIX']}conv{run}.",
         "WAFLOW_DB_PREFIX": f"{settings_env['WAFLOW_DB_PREFIX']}conv{run}_",
     }
-    settings = settings_for(ConversationSettings, env, conversation_sweep_seconds=3600, conversation_consumer_workers=2)
+    settings = settings_for(
+        ConversationSettings, env, conversation_sweep_seconds=3600, conversation_consumer_concurrency=4
+    )
     await ensure_topics(settings)
     async with Admin(settings) as admin:
         await admin.put_app(

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
@@ -137,32 +137,77 @@ class Consumer:
         handler: Callable[[E], Awaitable[None]],
         **subscriber_options: Any,
     ) -> None:
-        full_topic = self._settings.topic(topic)
+        """One record at a time (`max_workers` > 1: that many consumers, each owning whole partitions)."""
 
         async def consume(message: KafkaMessage) -> None:
-            await self._consume(topic, message, adapter, handler)
+            await self._consume(topic, message.raw_message, adapter, handler)
 
+        self._register(topic, consume, **subscriber_options)
+
+    def subscribe_batched(
+        self,
+        topic: str,
+        adapter: TypeAdapter[E],
+        handler: Callable[[E], Awaitable[None]],
+        *,
+        concurrency: int,
+        max_records: int = 500,
+    ) -> None:
+        """Takes what the topic has (up to `max_records`), applies it, then commits once.
+
+        Records of one key (one partition, one key) are applied in their order; different keys are applied
+        side by side, `concurrency` at a time. Each record still has the outcomes of `subscribe` (applied,
+        retried, or dead-lettered), so a batch always ends and commits; one commit per batch instead of one per
+        record is what lets a consumer keep up with hundreds of records a second.
+        """
+
+        async def consume(message: KafkaMessage) -> None:
+            records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
+            await self._consume_batch(topic, records, adapter, handler, concurrency)
+
+        self._register(topic, consume, batch=True, max_records=max_records, batch_timeout_ms=100)
+
+    def _register(self, topic: str, consume: Callable[[KafkaMessage], Awaitable[None]], **options: Any) -> None:
         consume.__name__ = f"{self.group_id}_{topic.replace('.', '_')}"
         self._broker.subscriber(
-            full_topic,
+            self._settings.topic(topic),
             group_id=self.group_id,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.NACK_ON_ERROR,
-            **subscriber_options,
+            **options,
         )(consume)
+
+    async def _consume_batch(
+        self,
+        topic: str,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        adapter: TypeAdapter[E],
+        handler: Callable[[E], Awaitable[None]],
+        concurrency: int,
+    ) -> None:
+        by_key: dict[tuple[int, bytes | None], list[ConsumerRecord[bytes, bytes]]] = {}
+        for record in records:
+            by_key.setdefault((record.partition, record.key), []).append(record)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
+            async with slots:
+                for record in group:
+                    await self._consume(topic, record, adapter, handler)
+
+        await asyncio.gather(*(in_order(group) for group in by_key.values()))
 
     async def _consume(
         self,
         topic: str,
-        message: Any,
+        record: ConsumerRecord[bytes, bytes],
         adapter: TypeAdapter[E],
         handler: Callable[[E], Awaitable[None]],
     ) -> None:
-        body: bytes = message.body
         try:
-            event = adapter.validate_json(body)
+            event = adapter.validate_json(record.value or b"")
         except ValidationError as exc:
-            await self._dead_letter(topic, message, f"invalid event: {exc}", type(exc).__name__, attempts=1)
+            await self._dead_letter(topic, record, f"invalid event: {exc}", type(exc).__name__, attempts=1)
             return
         tenant_id = getattr(event, "tenant_id", None)
         correlation_id = getattr(event, "correlation_id", None)
@@ -179,12 +224,13 @@ class Consumer:
                     failures += 1
                     log.warning("handler failed", extra={"topic": topic, "attempt": failures, "error": repr(exc)})
                     if failures >= self._attempts:
-                        await self._dead_letter(topic, message, repr(exc), type(exc).__name__, failures)
+                        await self._dead_letter(topic, record, repr(exc), type(exc).__name__, failures)
                         return
                     await asyncio.sleep(self._retry_delay)
 
-    async def _dead_letter(self, topic: str, message: Any, error: str, error_type: str, attempts: int) -> None:
-        record = message.raw_message
+    async def _dead_letter(
+        self, topic: str, record: ConsumerRecord[bytes, bytes], error: str, error_type: str, attempts: int
+    ) -> None:
         headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         letter = DeadLetter(
@@ -192,7 +238,7 @@ class Consumer:
             partition=record.partition,
             offset=record.offset,
             key=key,
-            value=bytes(message.body).decode("utf-8", "replace"),
+            value=(record.value or b"").decode("utf-8", "replace"),
             headers=headers,
             error=error[:8000],
             error_type=error_type,

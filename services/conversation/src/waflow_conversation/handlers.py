@@ -47,12 +47,14 @@ class ConversationHandlers:
         self._chats = chats
         self._messages = messages
 
-    def subscribe(self, consumer: Consumer, *, workers: int) -> None:
-        # One worker per partition group keeps per-chat order (records of one customer share a partition).
-        options: dict[str, Any] = {"max_workers": workers} if workers > 1 else {}
-        consumer.subscribe(topics.INBOUND, inbound_adapter, self.on_inbound, **options)
-        consumer.subscribe(topics.CONTACTS, contact_adapter, self.on_contact, **options)
-        consumer.subscribe(topics.OUTBOUND_RESULTS, outbound_result_adapter, self.on_result, **options)
+    def subscribe(self, consumer: Consumer, *, concurrency: int) -> None:
+        # Batched: one commit per batch, and different chats applied side by side. Records of one chat share a
+        # key (and so a partition), and those are applied in their order.
+        consumer.subscribe_batched(topics.INBOUND, inbound_adapter, self.on_inbound, concurrency=concurrency)
+        consumer.subscribe_batched(topics.CONTACTS, contact_adapter, self.on_contact, concurrency=concurrency)
+        consumer.subscribe_batched(
+            topics.OUTBOUND_RESULTS, outbound_result_adapter, self.on_result, concurrency=concurrency
+        )
 
     async def on_inbound(self, event: InboundEvent) -> None:
         EVENTS.labels(event.event_type).inc()

@@ -31,8 +31,8 @@ DATABASE = "waflow_conversation"
 class ConversationSettings(CommonSettings):
     conversation_host: str = "127.0.0.1"
     conversation_port: int = 8002
-    # Consumers per topic in the group; each owns whole partitions, so per-chat order holds.
-    conversation_consumer_workers: int = Field(default=3, ge=1, le=64)
+    # Records of different chats applied side by side (one chat's records always in order).
+    conversation_consumer_concurrency: int = Field(default=16, ge=1, le=256)
     conversation_sweep_seconds: float = Field(default=30.0, gt=0)
 
 
@@ -57,7 +57,9 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     notes = NoteRepository(collections, clock, relay.notify, index)
     sweeper = WindowSweeper(chats, registry, clock, interval_seconds=settings.conversation_sweep_seconds)
     handlers = ConversationHandlers(chats, messages)
-    handlers.subscribe(Consumer(broker, settings, group_id=GROUP_ID), workers=settings.conversation_consumer_workers)
+    handlers.subscribe(
+        Consumer(broker, settings, group_id=GROUP_ID), concurrency=settings.conversation_consumer_concurrency
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
