@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from waflow_common import topics
+from waflow_conversation import domain
+from waflow_conversation.repository import APPLIED_KEEP
 from waflow_testing.fixtures import TopicReader, fixture_json
 
 from .conftest import Stack, eventually, new_wa_id, new_wamid
@@ -188,3 +190,36 @@ async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(stack: 
     assert by_type["MissingTenant"]["consumer"] == "conversation"
     await stack.publish(stack.text(wa_id, "still here"))
     assert await eventually(lambda: stack.preview_is(wa_id, "still here"), what="the next message applied")
+
+
+async def test_messages_written_together_count_once_even_for_a_busy_chat_and_a_redelivered_batch(
+    stack: Stack,
+) -> None:
+    busy, quiet = new_wa_id(), new_wa_id()
+    at = stack.clock.now - timedelta(minutes=5)
+    burst = [stack.text(busy, f"m{n}", at=at + timedelta(seconds=n)) for n in range(2 * APPLIED_KEEP + 3)]
+    others = [stack.text(quiet, f"q{n}", at=at + timedelta(seconds=n)) for n in range(3)]
+    batch = [*burst[:10], *others, burst[3], *burst[10:], others[0]]  # Meta's duplicates inside one batch
+    for _ in range(2):  # and the whole batch redelivered
+        await stack.context.messages.record_inbound(stack.a.tenant_id, [(e.payload, None) for e in batch])
+
+    chat = await eventually(lambda: _counted(stack, busy, len(burst)))
+    assert chat["last_message"]["preview"] == burst[-1].payload.content.body  # type: ignore[union-attr]
+    bodies = [item["content"]["body"] for item in await stack.timeline(chat["chat_id"])]
+    assert bodies == [f"m{n}" for n in reversed(range(len(burst)))]
+    assert (await eventually(lambda: _counted(stack, quiet, 3)))["last_message"]["preview"] == "q2"
+
+
+async def test_a_chat_counted_but_not_stored_before_a_crash_is_not_counted_twice(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    events = [stack.text(wa_id, f"m{n}") for n in range(APPLIED_KEEP)]
+    tenant_id = stack.a.tenant_id
+    chat = await stack.context.chats.ensure(tenant_id, stack.a.phone_number_id, wa_id)
+    # The process counted them on the chat and died before it stored them...
+    counted = [(domain.inbound_message_id(tenant_id, e.payload.wamid), e.payload, None) for e in events]
+    await stack.context.chats.apply_inbound(chat["chat_id"], tenant_id, counted)
+    # ...so Kafka redelivers the records to the next one.
+    await stack.context.messages.record_inbound(tenant_id, [(e.payload, None) for e in events])
+    settled = await eventually(lambda: _counted(stack, wa_id, APPLIED_KEEP))
+    assert len(await stack.timeline(settled["chat_id"])) == APPLIED_KEEP
+    assert (await stack.chat_for(wa_id))["unread_count"] == APPLIED_KEEP

@@ -152,6 +152,7 @@ class Consumer:
         *,
         concurrency: int,
         max_records: int = 500,
+        apply_many: Callable[[list[E]], Awaitable[None]] | None = None,
     ) -> None:
         """Takes what the topic has (up to `max_records`), applies it, then commits once.
 
@@ -159,10 +160,16 @@ class Consumer:
         side by side, `concurrency` at a time. Each record still has the outcomes of `subscribe` (applied,
         retried, or dead-lettered), so a batch always ends and commits; one commit per batch instead of one per
         record is what lets a consumer keep up with hundreds of records a second.
+
+        With `apply_many`, the batch's valid events are first offered to it as a whole (in record order), so
+        that it can write them together; if it fails, each record goes through `handler` as above, which finds
+        the one at fault. Both must be idempotent: a batch may be applied partly, then again record by record.
         """
 
         async def consume(message: KafkaMessage) -> None:
             records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
+            if apply_many is not None:
+                records = await self._apply_many(topic, records, adapter, apply_many)
             await self._consume_batch(topic, records, adapter, handler, concurrency)
 
         self._register(topic, consume, batch=True, max_records=max_records, batch_timeout_ms=100)
@@ -176,6 +183,27 @@ class Consumer:
             ack_policy=AckPolicy.NACK_ON_ERROR,
             **options,
         )(consume)
+
+    async def _apply_many(
+        self,
+        topic: str,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        adapter: TypeAdapter[E],
+        apply_many: Callable[[list[E]], Awaitable[None]],
+    ) -> tuple[ConsumerRecord[bytes, bytes], ...]:
+        """Dead-letters the invalid records and applies the rest together; returns what is left to apply."""
+        valid: list[tuple[ConsumerRecord[bytes, bytes], E]] = []
+        for record in records:
+            try:
+                valid.append((record, adapter.validate_json(record.value or b"")))
+            except ValidationError as exc:
+                await self._dead_letter(topic, record, f"invalid event: {exc}", type(exc).__name__, attempts=1)
+        try:
+            await apply_many([event for _, event in valid])
+        except Exception as exc:
+            log.warning("batch not applied as a whole; record by record", extra={"topic": topic, "error": repr(exc)})
+            return tuple(record for record, _ in valid)
+        return ()
 
     async def _consume_batch(
         self,

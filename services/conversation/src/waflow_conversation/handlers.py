@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,14 @@ from pydantic import TypeAdapter
 from waflow_common import topics
 from waflow_common.events.contacts import ContactChangedEvent
 from waflow_common.events.envelope import Clock
-from waflow_common.events.inbound import InboundEvent, MessageReceivedEvent, MessageStatusEvent, inbound_adapter
+from waflow_common.events.inbound import (
+    InboundEvent,
+    MessageReceived,
+    MessageReceivedEvent,
+    MessageStatus,
+    MessageStatusEvent,
+    inbound_adapter,
+)
 from waflow_common.events.outbound import OutboundResult, SendAcceptedEvent, outbound_result_adapter
 from waflow_common.kafka import TRANSIENT_ERRORS, Consumer
 from waflow_common.tenants import TenantRegistry
@@ -46,24 +54,46 @@ class ConversationHandlers:
     def __init__(self, chats: ChatRepository, messages: MessageRepository) -> None:
         self._chats = chats
         self._messages = messages
+        self._concurrency = 1
 
     def subscribe(self, consumer: Consumer, *, concurrency: int) -> None:
         # Batched: one commit per batch, and different chats applied side by side. Records of one chat share a
         # key (and so a partition), and those are applied in their order.
-        consumer.subscribe_batched(topics.INBOUND, inbound_adapter, self.on_inbound, concurrency=concurrency)
+        self._concurrency = concurrency
+        consumer.subscribe_batched(
+            topics.INBOUND, inbound_adapter, self.on_inbound, concurrency=concurrency, apply_many=self.on_inbound_many
+        )
         consumer.subscribe_batched(topics.CONTACTS, contact_adapter, self.on_contact, concurrency=concurrency)
         consumer.subscribe_batched(
             topics.OUTBOUND_RESULTS, outbound_result_adapter, self.on_result, concurrency=concurrency
         )
 
     async def on_inbound(self, event: InboundEvent) -> None:
-        EVENTS.labels(event.event_type).inc()
-        if isinstance(event, MessageReceivedEvent):
-            cause = Cause(event.correlation_id, event.event_id)
-            await self._messages.record_inbound(_tenant(event), event.payload, cause)
-        elif isinstance(event, MessageStatusEvent):
-            await self._messages.apply_status(_tenant(event), event.payload)
-        # template.status and account.update concern outbound and operators, not chats.
+        """One record: what a batch falls back to when it cannot be applied as a whole."""
+        await self.on_inbound_many([event])
+
+    async def on_inbound_many(self, events: Sequence[InboundEvent]) -> None:
+        """A batch: the customers' messages written together per tenant, then the statuses (forward-only, so
+        their order does not matter). template.status and account.update concern outbound and operators."""
+        received: dict[str, list[tuple[MessageReceived, Cause | None]]] = {}
+        statuses: list[tuple[str, MessageStatus]] = []
+        for event in events:
+            if isinstance(event, MessageReceivedEvent):
+                cause = Cause(event.correlation_id, event.event_id)
+                received.setdefault(_tenant(event), []).append((event.payload, cause))
+            elif isinstance(event, MessageStatusEvent):
+                statuses.append((_tenant(event), event.payload))
+        for tenant_id, messages in received.items():
+            await self._messages.record_inbound(tenant_id, messages, concurrency=self._concurrency)
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def apply(tenant_id: str, status: MessageStatus) -> None:
+            async with slots:
+                await self._messages.apply_status(tenant_id, status)
+
+        await asyncio.gather(*(apply(tenant_id, status) for tenant_id, status in statuses))
+        for event in events:
+            EVENTS.labels(event.event_type).inc()
 
     async def on_contact(self, event: ContactChangedEvent) -> None:
         EVENTS.labels(event.event_type).inc()

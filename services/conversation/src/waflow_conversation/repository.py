@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,10 +51,11 @@ from waflow_conversation import domain
 Document = dict[str, Any]
 Parked = Callable[[str, str], None]
 
-# A chat remembers the last inbound messages it counted, so a record redelivered after a crash is not counted
-# twice (see MessageRepository.record_inbound); older duplicates are recognised by the stored message. Records
-# of one chat are handled one at a time and committed one by one, so at most one can be in that gap; the margin
-# is cheap, a long list is not (FerretDB reads and rewrites the whole chat document on every change).
+# A chat remembers the last inbound messages it counted, so a record redelivered after a crash between counting
+# and storing a message is not counted twice (see MessageRepository.record_inbound); older duplicates are
+# recognised by the stored message. One write counts at most this many messages and they are stored before the
+# chat's next write, so all of them are in that list; a long list is not cheap (FerretDB reads and rewrites the
+# whole chat document on every change).
 APPLIED_KEEP = 8
 CACHED_CHATS = 10_000
 
@@ -339,30 +340,47 @@ class ChatRepository:
 
     # --- inbound messages ------------------------------------------------------------------------------------
     async def apply_inbound(
-        self, chat_id: str, tenant_id: str, message_id: str, m: MessageReceived, cause: Cause | None = None
+        self, chat_id: str, tenant_id: str, received: Sequence[tuple[str, MessageReceived, Cause | None]]
     ) -> None:
-        """Counts the message once, moves activity, preview and window; announces a window (re)opening."""
+        """Counts each message once, moves activity, preview and window; announces a window (re)opening.
+
+        The messages (at most APPLIED_KEEP, so that all of them are still in `applied` when their records are
+        redelivered) are folded into one write.
+        """
+        if len(received) > APPLIED_KEEP:
+            raise ValueError(f"at most {APPLIED_KEEP} messages per write, not {len(received)}")
         chat_key = key(tenant_id, chat_id)
+        events: list[Document] = []
         async with self._c.hold("chats", chat_key):
             chat = self._cache.get(chat_key) or await self.get(tenant_id, chat_id)
-            applied: list[str] = chat.get("applied", [])
-            if message_id in applied:
-                return
-            sets, push, inc = self._inbound_change(chat, message_id, m, cause)
-            sets["applied"] = [*applied[-(APPLIED_KEEP - 1) :], message_id]
+            state = {k: v for k, v in chat.items() if k != "outbox"}
+            applied: list[str] = list(chat.get("applied", []))
+            sets: Document = {}
+            inc: dict[str, int] = {}
+            for message_id, m, cause in received:
+                if message_id in applied:
+                    continue
+                change, push, step = self._inbound_change(state, message_id, m, cause)
+                events += push["outbox"]["$each"] if push else []
+                applied = [*applied[-(APPLIED_KEEP - 1) :], message_id]
+                sets |= change
+                state |= change
+                for field, by in step.items():
+                    inc[field] = inc.get(field, 0) + by
+                    state[field] = state.get(field, 0) + by
+            if applied == chat.get("applied", []):
+                return  # every one of them was counted before
+            sets["applied"] = state["applied"] = applied
             update: Document = {"$set": sets}
-            if push:
-                update["$push"] = push
+            if events:
+                update["$push"] = {"outbox": {"$each": events}}
             if inc:
                 update["$inc"] = inc
             await self._c.chats.update_one({"_id": chat_key}, update)
-            after = {k: v for k, v in chat.items() if k != "outbox"} | sets
-            for field, step in inc.items():
-                after[field] = after.get(field, 0) + step
             if len(self._cache) >= CACHED_CHATS:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[chat_key] = after
-        if push:
+            self._cache[chat_key] = state
+        if events:
             self._parked("chats", chat_key)
 
     def _inbound_change(

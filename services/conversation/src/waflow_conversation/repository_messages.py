@@ -10,16 +10,17 @@ with a single `$in` query.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
-import contextlib
 import hashlib
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 
 from pymongo import DESCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from waflow_common.events.conversation import NoteAdded, NoteAddedEvent
 from waflow_common.events.envelope import Clock
 from waflow_common.events.inbound import MessageReceived, MessageStatus
@@ -34,6 +35,7 @@ from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
 from waflow_conversation.repository import (
+    APPLIED_KEEP,
     Cause,
     ChatRepository,
     Collections,
@@ -46,6 +48,7 @@ from waflow_conversation.repository import (
 )
 
 NOT_SHOWN = {"outbox": 0, "request_hash": 0}
+DUPLICATE_KEY = 11000
 
 
 class MessageNotFound(Exception):
@@ -180,22 +183,60 @@ class MessageRepository:
             self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "note")
 
     # --- inbound -------------------------------------------------------------------------------------------------
-    async def record_inbound(self, tenant_id: str, m: MessageReceived, cause: Cause | None = None) -> str:
-        """Applies the message to its chat once and stores it once (its `_id` is derived from the wamid).
+    async def record_inbound(
+        self, tenant_id: str, received: Sequence[tuple[MessageReceived, Cause | None]], *, concurrency: int = 16
+    ) -> None:
+        """Applies each message to its chat once and stores it once (its `_id` is derived from the wamid).
 
-        The chat first, then the insert: the chat remembers the last ids it counted, so a record redelivered
-        after a crash between the two (Kafka redelivers in partition order, before anything newer of that chat)
-        finds its id there and only inserts; a duplicate webhook long after finds the message already stored and
-        changes nothing.
+        Messages that arrive together are written together: one chat write for up to APPLIED_KEEP messages of a
+        chat, then one insert for all the messages. The chat first, then the insert: the chat remembers the last
+        ids it counted, so a record redelivered after a crash between the two (Kafka redelivers the batch, in
+        partition order, before anything newer) finds its id there and only inserts; a duplicate webhook long
+        after finds the message already stored and changes nothing.
         """
-        chat = await self._chats.ensure(tenant_id, m.phone_number_id, m.wa_id, profile_name=m.profile_name)
-        message_id = domain.inbound_message_id(tenant_id, m.wamid)
-        message_key = key(tenant_id, message_id)
-        doc: Document = {
-            "_id": message_key,
+        by_chat: dict[str, list[tuple[str, MessageReceived, Cause | None, Document]]] = {}
+        for m, cause in received:
+            if self._index.message_for(tenant_id, m.wamid) is not None:
+                continue  # stored and counted before
+            chat = await self._chats.ensure(tenant_id, m.phone_number_id, m.wa_id, profile_name=m.profile_name)
+            message_id = domain.inbound_message_id(tenant_id, m.wamid)
+            queued = by_chat.setdefault(chat["chat_id"], [])
+            if all(item[0] != message_id for item in queued):
+                queued.append((message_id, m, cause, self._inbound_doc(tenant_id, chat["chat_id"], message_id, m)))
+        slots = asyncio.Semaphore(concurrency)
+        now: list[Document] = []
+
+        async def count(chat_id: str, items: list[tuple[str, MessageReceived, Cause | None, Document]]) -> None:
+            async with slots:
+                # A busy chat: each further write waits until the messages of the one before are stored.
+                for start in range(0, len(items), APPLIED_KEEP):
+                    chunk = items[start : start + APPLIED_KEEP]
+                    await self._chats.apply_inbound(chat_id, tenant_id, [(i, m, c) for i, m, c, _ in chunk])
+                    if start + APPLIED_KEEP < len(items):
+                        await self._store([doc for *_, doc in chunk])
+                    else:
+                        now.extend(doc for *_, doc in chunk)
+
+        await asyncio.gather(*(count(chat_id, items) for chat_id, items in by_chat.items()))
+        await self._store(now)
+
+    async def _store(self, docs: list[Document]) -> None:
+        if not docs:
+            return
+        try:
+            await self._c.messages.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                raise
+        for doc in docs:
+            self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "message")
+
+    def _inbound_doc(self, tenant_id: str, chat_id: str, message_id: str, m: MessageReceived) -> Document:
+        return {
+            "_id": key(tenant_id, message_id),
             "message_id": message_id,
             "tenant_id": tenant_id,
-            "chat_id": chat["chat_id"],
+            "chat_id": chat_id,
             "wamid": m.wamid,
             "direction": "in",
             "type": m.content.type,
@@ -208,13 +249,6 @@ class MessageRepository:
             "hidden": False,
             "manual_unread": False,
         }
-        if self._index.message_for(tenant_id, m.wamid) is not None:
-            return message_id  # stored and counted before
-        await self._chats.apply_inbound(chat["chat_id"], tenant_id, message_id, m, cause)
-        with contextlib.suppress(DuplicateKeyError):
-            await self._c.messages.insert_one(doc)
-        self._index.load(chat["_id"], doc, "message")
-        return message_id
 
     # --- statuses ------------------------------------------------------------------------------------------------
     async def _by_wamid(self, tenant_id: str, wamid: str) -> str | None:
