@@ -14,7 +14,7 @@ GROUP_ID = "contacts"
 CONVERSATION_GROUP_ID = "contacts-conversation"
 
 
-def subscribe(inbound: Consumer, conversation: Consumer, book: ContactBook) -> None:
+def subscribe(inbound: Consumer, conversation: Consumer, book: ContactBook, *, concurrency: int) -> None:
     async def on_inbound(event: InboundEvent) -> None:
         if isinstance(event, MessageReceivedEvent) and event.tenant_id:
             message = event.payload
@@ -31,5 +31,6 @@ def subscribe(inbound: Consumer, conversation: Consumer, book: ContactBook) -> N
             chat = event.payload
             await book.ensure(event.tenant_id, chat.wa_id, chat.phone_e164, Cause(event.correlation_id, event.event_id))
 
-    inbound.subscribe(topics.INBOUND, inbound_adapter, on_inbound)
-    conversation.subscribe(topics.CONVERSATION, conversation_adapter, on_conversation)
+    # Batched: one commit per batch, different customers side by side (each contact changes under its own lock).
+    inbound.subscribe_batched(topics.INBOUND, inbound_adapter, on_inbound, concurrency=concurrency)
+    conversation.subscribe_batched(topics.CONVERSATION, conversation_adapter, on_conversation, concurrency=concurrency)

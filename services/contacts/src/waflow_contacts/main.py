@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
+from pydantic import Field
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
@@ -33,6 +34,8 @@ class ContactsSettings(CommonSettings):
     # Off only to prove that parked events survive a process that dies before relaying them (tests).
     contacts_relay_enabled: bool = True
     contacts_consume: bool = True
+    # Records of different customers applied side by side (one customer's records always in order).
+    contacts_consumer_concurrency: int = Field(default=16, ge=1, le=256)
 
 
 def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcnow) -> FastAPI:
@@ -49,6 +52,7 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
             Consumer(broker, settings, group_id=handlers.GROUP_ID),
             Consumer(broker, settings, group_id=handlers.CONVERSATION_GROUP_ID),
             book,
+            concurrency=settings.contacts_consumer_concurrency,
         )
 
     @asynccontextmanager
