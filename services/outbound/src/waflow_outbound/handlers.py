@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from waflow_common import topics
 from waflow_common.events.contacts import ContactChangedEvent
 from waflow_common.events.conversation import ChatReadEvent, ConversationEvent, conversation_adapter
-from waflow_common.events.dead_letter import DeadLetter
 from waflow_common.events.envelope import Clock
 from waflow_common.events.inbound import InboundEvent, MessageReceivedEvent, TemplateStatusEvent, inbound_adapter
 from waflow_common.events.outbound import SendRequestedEvent, outbound_command_adapter
-from waflow_common.kafka import Consumer, EventPublisher
+from waflow_common.kafka import Consumer
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
@@ -47,7 +41,8 @@ class OutboundHandlers:
 
         Offsets are committed when this returns, i.e. once the requests are durably recorded; from then on the
         lanes, or a restart's recovery, own them. A redelivered command finds its record and does nothing.
-        One write for the whole batch: recording one by one caps intake at FerretDB's per-write latency.
+        One write for the whole batch: recording one by one caps intake at FerretDB's per-write latency. If the
+        batch fails as a whole, the consumer records its commands one by one, and dead-letters the one at fault.
         """
         documents = []
         for event in events:
@@ -114,83 +109,25 @@ class OutboundHandlers:
             job: Job = read_job_of(document)
             self.dispatcher.submit(job)
 
-    def subscribe(self, broker: KafkaBroker, settings: CommonSettings) -> None:
-        """One consumer group per topic, so a backlog of one topic never holds up another's offsets."""
+    async def on_command(self, event: SendRequestedEvent) -> None:
+        await self.on_commands([event])
+
+    def subscribe(self, broker: KafkaBroker, settings: CommonSettings, *, concurrency: int = 16) -> None:
+        """One consumer group per topic, so a backlog of one topic never holds up another's offsets. All
+        batched: one commit per batch; commands are recorded with one write per batch (`on_commands`)."""
 
         def group(name: str) -> Consumer:
             return Consumer(broker, settings, group_id=f"waflow-outbound-{name}")
 
-        CommandBatches(broker, settings, self.on_commands).subscribe()
-        group("inbound").subscribe(topics.INBOUND, inbound_adapter, self.on_inbound)
-        group("contacts").subscribe(topics.CONTACTS, contacts_adapter, self.on_contact)
-        group("conversation").subscribe(topics.CONVERSATION, conversation_adapter, self.on_conversation)
-
-
-class CommandBatches:
-    """outbound.commands.v1 consumed in batches: invalid records are dead-lettered, the rest recorded together."""
-
-    group_id = "waflow-outbound-commands"
-
-    def __init__(
-        self,
-        broker: KafkaBroker,
-        settings: CommonSettings,
-        handler: Callable[[list[SendRequestedEvent]], Awaitable[None]],
-        *,
-        max_records: int = 500,
-    ) -> None:
-        self._broker = broker
-        self._settings = settings
-        self._handler = handler
-        self._publisher = EventPublisher(broker, settings)
-        self._max_records = max_records
-
-    def subscribe(self) -> None:
-        async def consume(message: KafkaMessage) -> None:
-            raw: Any = message.raw_message
-            await self.consume(list(raw) if isinstance(raw, tuple | list) else [raw])
-
-        consume.__name__ = "waflow_outbound_commands"
-        self._broker.subscriber(
-            self._settings.topic(topics.OUTBOUND_COMMANDS),
-            group_id=self.group_id,
-            auto_offset_reset="earliest",
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            batch=True,
-            max_records=self._max_records,
-            batch_timeout_ms=20,
-        )(consume)
-
-    async def consume(self, records: list[Any]) -> None:
-        events: list[SendRequestedEvent] = []
-        for record in records:
-            try:
-                events.append(outbound_command_adapter.validate_json(record.value or b""))
-            except ValidationError as exc:
-                await self._dead_letter(record, f"invalid event: {exc}", type(exc).__name__)
-        if events:
-            # Failures propagate: the batch is not committed and comes again (recording is idempotent).
-            await self._handler(events)
-
-    async def _dead_letter(self, record: Any, error: str, error_type: str) -> None:
-        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
-        letter = DeadLetter(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key.decode("utf-8", "replace") if record.key is not None else None,
-            value=bytes(record.value or b"").decode("utf-8", "replace"),
-            headers=headers,
-            error=error[:8000],
-            error_type=error_type,
-            consumer=self.group_id,
-            attempts=1,
-            failed_at=datetime.now(UTC),
+        group("commands").subscribe_batched(
+            topics.OUTBOUND_COMMANDS,
+            outbound_command_adapter,
+            self.on_command,
+            concurrency=concurrency,
+            apply_many=self.on_commands,
         )
-        log.error("dead-lettered a command", extra={"offset": record.offset, "error": error[:500]})
-        await self._publisher.publish_raw(
-            topics.dlq(topics.OUTBOUND_COMMANDS),
-            letter.model_dump_json().encode(),
-            key=record.key,
-            headers=headers | {"dlq_error_type": error_type, "dlq_consumer": self.group_id},
+        group("inbound").subscribe_batched(topics.INBOUND, inbound_adapter, self.on_inbound, concurrency=concurrency)
+        group("contacts").subscribe_batched(topics.CONTACTS, contacts_adapter, self.on_contact, concurrency=concurrency)
+        group("conversation").subscribe_batched(
+            topics.CONVERSATION, conversation_adapter, self.on_conversation, concurrency=concurrency
         )
