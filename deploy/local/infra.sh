@@ -56,6 +56,7 @@ install_ferretdb() {
   cp "$fdb_src/go.mod" "$fdb_src/go.sum" "$fdb_src/main.go" "$work/build/"
   (cd "$work/build" && go mod edit -replace "github.com/FerretDB/FerretDB=$work/src" &&
     GOFLAGS=-mod=mod go build -o "$fdb_bin.tmp" . && mv "$fdb_bin.tmp" "$fdb_bin")
+  rm -rf "$work/build" "$work/src"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
