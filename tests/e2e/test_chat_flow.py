@@ -9,9 +9,8 @@ Runs outbound too when its app exists (it is built in parallel); without it the 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from waflow_common import topics
-from waflow_common.admin import Admin, AppFile
+from waflow_common.admin import Admin
 from waflow_common.events.contacts import ContactChangedEvent, ContactSnapshot
 from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
 from waflow_conversation.main import ConversationSettings
@@ -34,7 +33,10 @@ from waflow_testing.fixtures import (
     TENANT_A,
     SeededTenant,
     TopicReader,
+    eventually,
     fixture_json,
+    isolated_env,
+    put_test_app,
     put_test_tenant,
     serve,
     settings_for,
@@ -71,36 +73,17 @@ class Flow:
     outbound: bool
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0) -> T:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, f"not reached within {timeout}s: {result!r}"
-        await asyncio.sleep(0.1)
+# The whole pipeline (simulator, ingest, Kafka, conversation, outbound) stands between a cause and its effect.
+WAIT = 30.0
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def flow(settings_env: dict[str, str]) -> AsyncIterator[Flow]:
-    run = uuid.uuid4().hex[:6]
-    env = settings_env | {
-        "WAFLOW_TOPIC_PREFIX": f"{settings_env['WAFLOW_TOPIC_PREFIX']}chat{run}.",
-        "WAFLOW_DB_PREFIX": f"{settings_env['WAFLOW_DB_PREFIX']}chat{run}_",
-    }
+    env = isolated_env(settings_env, "chat")
     conversation_settings = settings_for(ConversationSettings, env)
     await ensure_topics(conversation_settings)
     async with Admin(conversation_settings) as admin:
-        await admin.put_app(
-            AppFile(
-                app_id=TENANT_A.app_id,
-                name="test app",
-                app_secret=TENANT_A.app_secret,
-                verify_token=TENANT_A.verify_token,
-            )
-        )
-        while admin.registry.app(TENANT_A.app_id) is None:
-            await asyncio.sleep(0.05)
+        await put_test_app(admin)
         await put_test_tenant(admin, TENANT_A)
     clock = Clock()
     simulator = create_simulator(SimulatorSettings(retry_base_seconds=0.05, retry_max_attempts=5))
@@ -173,7 +156,7 @@ async def test_customer_writes_agent_answers_statuses_reach_read_then_the_window
             return None
         return chat if chat["contact"]["tags"] == ["vip"] else None
 
-    chat = await eventually(tagged)
+    chat = await eventually(tagged, timeout=WAIT)
     assert chat["window"]["open"] is True
     assert chat["unread_count"] == 1
     assert chat["last_message"]["wamid"] == result.wamid
@@ -191,9 +174,9 @@ async def test_customer_writes_agent_answers_statuses_reach_read_then_the_window
         return message if message["status"] == wanted else None
 
     if flow.outbound:
-        sent = await eventually(lambda: _sent_to(flow, wa_id, 1))
+        sent = await eventually(lambda: _sent_to(flow, wa_id, 1), timeout=WAIT)
         assert sent[0].type == "text"
-        read = await eventually(lambda: status_is("read"))
+        read = await eventually(lambda: status_is("read"), timeout=WAIT)
         assert read["wamid"] == sent[0].wamid
 
     flow.clock.now += timedelta(hours=24, minutes=1)
@@ -204,7 +187,7 @@ async def test_customer_writes_agent_answers_statuses_reach_read_then_the_window
     accepted = await flow.api.post(messages, json=template)
     assert accepted.status_code == 202, accepted.text
     if flow.outbound:
-        sent = await eventually(lambda: _sent_to(flow, wa_id, 2))
+        sent = await eventually(lambda: _sent_to(flow, wa_id, 2), timeout=WAIT)
         assert sent[-1].type == "template"
 
 
@@ -224,14 +207,14 @@ async def test_metas_samples_delivered_twice_make_one_message_each(flow: Flow) -
         assert delivery.delivered
     for customer in set(sent.values()):
         expected = sorted(w for w, c in sent.items() if c == customer)
-        chat = await eventually(lambda c=customer: chat_of(flow, c))  # type: ignore[misc]
+        chat = await eventually(lambda c=customer: chat_of(flow, c), timeout=WAIT)  # type: ignore[misc]
 
         async def shown(chat_id: str = chat["chat_id"], n: int = len(expected)) -> list[str] | None:
             items = (await flow.api.get(f"/v1/chats/{chat_id}/messages", params={"limit": 200})).json()["items"]
             wamids = [i["wamid"] for i in items if i["kind"] == "message"]
             return wamids if len(wamids) >= n else None
 
-        wamids = await eventually(shown)
+        wamids = await eventually(shown, timeout=WAIT)
         # Every sample exactly once, although each webhook was delivered twice.
         assert sorted(wamids) == expected
         latest = await chat_of(flow, customer)

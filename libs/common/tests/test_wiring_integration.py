@@ -22,16 +22,9 @@ from waflow_common.outbox import OutboxRelay, outbox_entry
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
-from waflow_testing.fixtures import SeededTenant, TopicReader, put_test_tenant
+from waflow_testing.fixtures import SeededTenant, TopicReader, eventually, put_test_tenant
 
 pytestmark = pytest.mark.integration
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def note(text: str, tenant_id: str = "tenant-a") -> NoteAddedEvent:

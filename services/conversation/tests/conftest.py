@@ -6,16 +6,15 @@ onto the real topics exactly as those services would; the clock is injected so t
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 import pytest_asyncio
-from waflow_common.admin import Admin, AppFile
+from waflow_common.admin import Admin
 from waflow_common.events.contacts import ContactChangedEvent, ContactListRef, ContactSnapshot
 from waflow_common.events.envelope import Envelope, derived_event_id
 from waflow_common.events.inbound import (
@@ -30,7 +29,17 @@ from waflow_common.events.outbound import SendAccepted, SendAcceptedEvent, SendR
 from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
 from waflow_conversation.api import ConversationContext
 from waflow_conversation.main import ConversationSettings, create_app
-from waflow_testing.fixtures import TENANT_A, TENANT_B, SeededTenant, put_test_tenant, serve, settings_for
+from waflow_testing.fixtures import (
+    TENANT_A,
+    TENANT_B,
+    SeededTenant,
+    eventually,
+    isolated_env,
+    put_test_app,
+    put_test_tenant,
+    serve,
+    settings_for,
+)
 
 T = TypeVar("T")
 
@@ -222,40 +231,15 @@ class Stack:
         return items
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 15.0, what: str = "condition") -> T:
-    """Polls until the probe returns something truthy (the effect of an event is asynchronous by design)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {result!r})")
-        await asyncio.sleep(0.05)
-
-
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
-    # Topics and a database of our own: no other test's consumer (in this session) ever sees our events.
-    run = uuid.uuid4().hex[:6]
-    env = settings_env | {
-        "WAFLOW_TOPIC_PREFIX": f"{settings_env['WAFLOW_TOPIC_PREFIX']}conv{run}.",
-        "WAFLOW_DB_PREFIX": f"{settings_env['WAFLOW_DB_PREFIX']}conv{run}_",
-    }
+    env = isolated_env(settings_env, "conv")
     settings = settings_for(
         ConversationSettings, env, conversation_sweep_seconds=3600, conversation_consumer_concurrency=4
     )
     await ensure_topics(settings)
     async with Admin(settings) as admin:
-        await admin.put_app(
-            AppFile(
-                app_id=TENANT_A.app_id,
-                name="test app",
-                app_secret=TENANT_A.app_secret,
-                verify_token=TENANT_A.verify_token,
-            )
-        )
-        await eventually(lambda: _found(admin.registry.app(TENANT_A.app_id)))
+        await put_test_app(admin)
         await put_test_tenant(admin, TENANT_A)
         await put_test_tenant(admin, TENANT_B, window_closing_lead_minutes=30)
     clock = FakeClock()
@@ -275,7 +259,3 @@ async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
             )
     finally:
         await broker.stop()
-
-
-async def _found(value: T | None) -> T | None:
-    return value

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +126,34 @@ def settings_for(cls: type[S], settings_env: dict[str, str], **overrides: Any) -
     return cls.model_validate({k.lower(): v for k, v in settings_env.items()} | overrides)
 
 
+def isolated_env(settings_env: dict[str, str], label: str) -> dict[str, str]:
+    """This run's environment with topics and databases of their own: no other test's consumer sees them."""
+    run = f"{label}{uuid.uuid4().hex[:6]}"
+    return settings_env | {
+        "WAFLOW_TOPIC_PREFIX": f"{settings_env['WAFLOW_TOPIC_PREFIX']}{run}.",
+        "WAFLOW_DB_PREFIX": f"{settings_env['WAFLOW_DB_PREFIX']}{run}_",
+    }
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None] | T | None], *, timeout: float = 15.0, what: str = "condition"
+) -> T:
+    """Polls until the probe (plain or async) returns something truthy: events take effect asynchronously."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {result!r})")
+        await asyncio.sleep(0.05)
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def topics_ready(settings: CommonSettings) -> CommonSettings:
     await ensure_topics(settings)
@@ -200,9 +229,8 @@ async def admin(topics_ready: CommonSettings) -> AsyncIterator[Admin]:
         yield admin
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def tenants(admin: Admin) -> tuple[SeededTenant, SeededTenant]:
-    """Tenants A and B, both on one Meta app (the Tech Provider model)."""
+async def put_test_app(admin: Admin) -> None:
+    """The Meta app of the test tenants; returns once the admin's own registry (following the topic) has it."""
     await admin.put_app(
         AppFile(
             app_id=TENANT_A.app_id,
@@ -211,10 +239,13 @@ async def tenants(admin: Admin) -> tuple[SeededTenant, SeededTenant]:
             verify_token=TENANT_A.verify_token,
         )
     )
-    for _ in range(100):  # the admin's own registry follows the topic; wait until it sees the app
-        if admin.registry.app(TENANT_A.app_id):
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: admin.registry.app(TENANT_A.app_id), what="the app in the registry")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def tenants(admin: Admin) -> tuple[SeededTenant, SeededTenant]:
+    """Tenants A and B, both on one Meta app (the Tech Provider model)."""
+    await put_test_app(admin)
     await put_test_tenant(admin, TENANT_A)
     await put_test_tenant(admin, TENANT_B)
     return TENANT_A, TENANT_B
