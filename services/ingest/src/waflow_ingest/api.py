@@ -1,23 +1,27 @@
-"""Ingest's HTTP routes: Meta's verify handshake and webhook deliveries."""
+"""Ingest's HTTP surface: Meta's verify handshake (a FastAPI route) and webhook deliveries (the hot path)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 from waflow_common.events.envelope import Clock, derived_event_id
 from waflow_common.events.webhooks import WebhookReceived, WebhookReceivedEvent
-from waflow_common.http import ApiError, NotFound, ServiceUnavailable, Unauthorized, error_body
-from waflow_common.kafka import EventPublisher, PublishError
+from waflow_common.http import CORRELATION_HEADER, ApiError, NotFound, ServiceUnavailable, Unauthorized, error_body
+from waflow_common.kafka import PublishError, Record, RecordProducer, event_record
 from waflow_common.logs import log_context
+from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
 from waflow_ingest.dead_letters import item_dead_letters
@@ -26,18 +30,23 @@ from waflow_ingest.domain import InvalidWebhook, normalise, parse_body, signatur
 log = logging.getLogger(__name__)
 
 WEBHOOKS = Counter("waflow_ingest_webhooks_total", "Webhook deliveries by outcome", ["outcome"])
+ACCEPTED = WEBHOOKS.labels("accepted")
 EVENTS = Counter("waflow_ingest_events_total", "Events published to wa.inbound.v1", ["event_type"])
 UNROUTED = Counter("waflow_ingest_unrouted_entries_total", "Entries for numbers no tenant owns (archived only)")
 ITEM_FAILURES = Counter("waflow_ingest_item_failures_total", "Batch items dead-lettered")
 LATENCY = Histogram("waflow_ingest_webhook_seconds", "Time to accept a webhook delivery")
 
-router = APIRouter(prefix="/webhooks/whatsapp", tags=["webhooks"])
+WEBHOOK_PREFIX = "/webhooks/whatsapp/"
+CORRELATION_HEADER_BYTES = CORRELATION_HEADER.lower().encode()
+
+router = APIRouter(prefix=WEBHOOK_PREFIX.rstrip("/"), tags=["webhooks"])
 
 
 @dataclass(frozen=True)
 class IngestContext:
     registry: TenantRegistry
-    publisher: EventPublisher
+    producer: RecordProducer
+    settings: CommonSettings
     clock: Clock
     max_body_bytes: int
 
@@ -105,74 +114,27 @@ async def verify(
     return PlainTextResponse(challenge)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"body larger than {limit} bytes")
-        # The server frames the body by Content-Length, so it cannot grow past what was declared.
-        return await request.body()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-@router.post(
-    "/{app_id}",
-    summary="A webhook delivery from Meta",
-    response_model=WebhookAccepted,
-    description=(
-        "Checks X-Hub-Signature-256 over the raw body with the app's secret, archives the body on "
-        "whatsapp.webhooks.v1 and publishes one event per message, status and update on wa.inbound.v1. "
-        "Answers 200 only after Kafka acknowledged all of them; 503 asks Meta to retry."
-    ),
-    responses={
-        400: {"content": {"application/json": {"example": error_body("invalid_webhook", "body is not JSON")}}},
-        401: {"content": {"application/json": {"example": error_body("bad_signature", "signature mismatch")}}},
-        404: {"content": {"application/json": {"example": error_body("not_found", "unknown app")}}},
-        413: {"content": {"application/json": {"example": error_body("too_large", "body too large")}}},
-        503: {"content": {"application/json": {"example": error_body("unavailable", "Kafka unavailable")}}},
-    },
-)
-async def receive(request: Request, app_id: AppId) -> Response:
-    ctx = _context(request)
-    with LATENCY.time():
-        try:
-            result = await _receive(request, ctx, app_id)
-        except ApiError as exc:
-            WEBHOOKS.labels(exc.code).inc()
-            raise
-        WEBHOOKS.labels("accepted").inc()
-        # Serialised directly: this is the hot path, and the model above documents the shape.
-        return Response(orjson.dumps(result.model_dump()), media_type="application/json")
-
-
-async def _receive(request: Request, ctx: IngestContext, app_id: str) -> WebhookAccepted:
+async def accept_webhook(
+    ctx: IngestContext, app_id: str, body: bytes, signature: str | None, correlation_id: str
+) -> dict[str, Any]:
+    """Checks, archives and routes one delivery; returns the WebhookAccepted body once Kafka acknowledged all."""
     app = ctx.registry.app(app_id)
     if app is None:
         raise NotFound("unknown app")
-    body = await _read_body(request, ctx.max_body_bytes)
-    signature = request.headers.get("x-hub-signature-256")
-    if not signature_valid(app.app_secret, body, signature):
+    if signature is None or not signature_valid(app.app_secret, body, signature):
         raise BadSignature("missing or wrong X-Hub-Signature-256")
-    assert signature is not None
     try:
         parsed = parse_body(body)
     except InvalidWebhook as exc:
         raise BadWebhook(str(exc)) from exc
 
     now = ctx.clock()
-    correlation_id: str = request.state.correlation_id
     archive_id = derived_event_id(app_id, hashlib.sha256(body).hexdigest())
+    registry = ctx.registry
     result = normalise(
         parsed,
-        tenant_for_number=lambda n: _tenant_id(ctx.registry.tenant_for_number(n)),
-        tenant_for_waba=lambda w: _tenant_id(ctx.registry.tenant_for_waba(w)),
+        tenant_for_number=lambda n: _tenant_id(registry.tenant_for_number(n)),
+        tenant_for_waba=lambda w: _tenant_id(registry.tenant_for_waba(w)),
         correlation_id=correlation_id,
         causation_id=archive_id,
         now=now,
@@ -192,27 +154,201 @@ async def _receive(request: Request, ctx: IngestContext, app_id: str) -> Webhook
         correlation_id=correlation_id,
         clock=lambda: now,
     )
-    with log_context(correlation_id=correlation_id):
-        try:
-            await ctx.publisher.publish_many([archive, *result.events])
-            for letter in item_dead_letters(result.failures, app_id=app_id, correlation_id=correlation_id, now=now):
-                await ctx.publisher.publish_raw(letter.topic, letter.value, key=letter.key, headers=letter.headers)
-        except PublishError as exc:
-            log.warning("Kafka unavailable; asking Meta to retry", extra={"error": str(exc)})
-            raise ServiceUnavailable("Kafka did not acknowledge the events; retry later") from exc
-        if result.unrouted_entries:
-            UNROUTED.inc(result.unrouted_entries)
-            log.warning(
-                "entries for numbers no tenant owns were archived, not routed",
-                extra={"phone_number_ids": result.unrouted_phone_number_ids},
-            )
+    records = [event_record(archive, ctx.settings), *(event_record(e, ctx.settings) for e in result.events)]
+    for letter in item_dead_letters(result.failures, app_id=app_id, correlation_id=correlation_id, now=now):
+        headers = [(name, value.encode()) for name, value in letter.headers.items()]
+        records.append(Record(ctx.settings.topic(letter.topic), letter.value, letter.key, headers))
+    try:
+        await ctx.producer.send_all(records)
+    except PublishError as exc:
+        log.warning("Kafka unavailable; asking Meta to retry", extra={"error": str(exc)})
+        raise ServiceUnavailable("Kafka did not acknowledge the events; retry later") from exc
+    if result.unrouted_entries:
+        UNROUTED.inc(result.unrouted_entries)
+        log.warning(
+            "entries for numbers no tenant owns were archived, not routed",
+            extra={"phone_number_ids": result.unrouted_phone_number_ids},
+        )
     for event in result.events:
         EVENTS.labels(event.event_type).inc()
-    ITEM_FAILURES.inc(len(result.failures))
-    return WebhookAccepted(
-        events=len(result.events), dead_lettered=len(result.failures), unrouted=result.unrouted_entries
-    )
+    if result.failures:
+        ITEM_FAILURES.inc(len(result.failures))
+    return {
+        "status": "accepted",
+        "events": len(result.events),
+        "dead_lettered": len(result.failures),
+        "unrouted": result.unrouted_entries,
+    }
 
 
 def _tenant_id(tenant: Any) -> str | None:
     return tenant.tenant_id if tenant is not None else None
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its body arrived: nothing to answer."""
+
+
+class WebhookReceiver:
+    """POST /webhooks/whatsapp/{app_id} as a plain ASGI app, the hot path.
+
+    FastAPI's routing, dependency injection and middleware cost more per delivery than the delivery's own work,
+    so `IngestApp` hands deliveries straight to this. It does what those would: the correlation id in the logs
+    and echoed back, metrics, a 413 before reading an oversize body, and every error as the JSON error body.
+    `document_webhook` describes it in the OpenAPI document.
+    """
+
+    def __init__(self, ctx: IngestContext) -> None:
+        self._ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, app_id: str) -> None:
+        started = time.perf_counter()
+        length: int | None = None
+        signature: str | None = None
+        correlation_id = ""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif name == b"x-hub-signature-256":
+                signature = value.decode("latin-1")
+            elif name == CORRELATION_HEADER_BYTES:
+                correlation_id = value.decode("latin-1")[:200]
+        correlation_id = correlation_id or str(uuid.uuid4())
+        with log_context(correlation_id=correlation_id):
+            try:
+                body = await _read_body(receive, length, self._ctx.max_body_bytes)
+                result = await accept_webhook(self._ctx, app_id, body, signature, correlation_id)
+            except _ClientGone:
+                return
+            except ApiError as exc:
+                WEBHOOKS.labels(exc.code).inc()
+                status, payload = exc.status_code, error_body(exc.code, exc.message, exc.details)
+            except Exception:
+                log.exception("unhandled error")
+                status, payload = 500, error_body("internal", "internal error")
+            else:
+                ACCEPTED.inc()
+                status, payload = 200, result
+            await _respond(send, status, orjson.dumps(payload), correlation_id)
+        LATENCY.observe(time.perf_counter() - started)
+
+
+async def _read_body(receive: Receive, declared: int | None, limit: int) -> bytes:
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes, correlation_id: str) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (CORRELATION_HEADER_BYTES, correlation_id.encode("latin-1")),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class IngestApp:
+    """The ASGI app ingest serves: webhook deliveries go to the receiver, everything else to FastAPI."""
+
+    def __init__(self, api: FastAPI, receiver: WebhookReceiver) -> None:
+        self.api = api
+        self._receiver = receiver
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(WEBHOOK_PREFIX):
+                app_id = path[len(WEBHOOK_PREFIX) :]
+                if app_id and "/" not in app_id:
+                    await self._receiver(scope, receive, send, app_id)
+                    return
+        await self.api(scope, receive, send)
+
+
+def _error_example(code: str, message: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"example": error_body(code, message)}}}
+
+
+def document_webhook(api: FastAPI) -> None:
+    """Adds the webhook delivery (served by WebhookReceiver, not by a FastAPI route) to the OpenAPI document."""
+    generate = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is not None:
+            return api.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {})["WebhookAccepted"] = (
+            WebhookAccepted.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        operation = {
+            "tags": ["webhooks"],
+            "summary": "A webhook delivery from Meta",
+            "description": (
+                "Checks X-Hub-Signature-256 over the raw body with the app's secret, archives the body on "
+                "whatsapp.webhooks.v1 and publishes one event per message, status and update on wa.inbound.v1. "
+                "Answers 200 only after Kafka acknowledged all of them; 503 asks Meta to retry."
+            ),
+            "operationId": "receive_webhook",
+            "parameters": [
+                {
+                    "name": "app_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "the Meta app id this callback URL belongs to",
+                    "schema": {"type": "string"},
+                    "example": "100200300400500",
+                },
+                {
+                    "name": "X-Hub-Signature-256",
+                    "in": "header",
+                    "required": True,
+                    "description": "sha256=HMAC-SHA256 of the raw body with the app secret",
+                    "schema": {"type": "string"},
+                    "example": "sha256=4f1c…",
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "description": "Meta's webhook body, signed as sent"},
+                        "example": {"object": "whatsapp_business_account", "entry": []},
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Kafka acknowledged every event of the delivery",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/WebhookAccepted"},
+                            "example": {"status": "accepted", "events": 3, "dead_lettered": 0, "unrouted": 0},
+                        }
+                    },
+                },
+                "400": _error_example("invalid_webhook", "body is not JSON", "not a WhatsApp webhook body"),
+                "401": _error_example("bad_signature", "signature mismatch", "missing or wrong signature"),
+                "404": _error_example("not_found", "unknown app", "no such app"),
+                "413": _error_example("too_large", "body too large", "body over the size limit"),
+                "503": _error_example("unavailable", "Kafka unavailable", "Kafka did not acknowledge; retry"),
+            },
+        }
+        schema["paths"].setdefault(WEBHOOK_PREFIX + "{app_id}", {})["post"] = operation
+        api.openapi_schema = schema
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]

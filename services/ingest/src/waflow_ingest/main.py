@@ -1,4 +1,4 @@
-"""Ingest: builds settings, the Kafka producer, the tenants registry and the FastAPI app."""
+"""Ingest: builds settings, the Kafka producer, the tenants registry and the app it serves."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
-from waflow_common.kafka import EventPublisher, kafka_reachable, make_broker
+from waflow_common.kafka import RecordProducer, kafka_reachable
 from waflow_common.logs import configure_logging
 from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
-from waflow_ingest.api import IngestContext, router
+from waflow_ingest.api import IngestApp, IngestContext, WebhookReceiver, document_webhook, router
 
 
 class IngestSettings(CommonSettings):
@@ -26,20 +26,20 @@ class IngestSettings(CommonSettings):
     ingest_max_body_bytes: int = 3 * 1024 * 1024 + 64 * 1024
 
 
-def create_app(settings: IngestSettings | None = None, *, clock: Clock = utcnow) -> FastAPI:
+def create_app(settings: IngestSettings | None = None, *, clock: Clock = utcnow) -> IngestApp:
     settings = settings or IngestSettings()
-    broker = make_broker(settings, client_id="waflow-ingest")
+    producer = RecordProducer(settings, client_id="waflow-ingest")
     registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await broker.start()
+        await producer.start()
         try:
             await registry.start()
             yield
         finally:
             await registry.stop()
-            await broker.stop()
+            await producer.stop()
 
     async def ready(_: Request) -> dict[str, bool]:
         return {"kafka": await kafka_reachable(settings)}
@@ -50,17 +50,20 @@ def create_app(settings: IngestSettings | None = None, *, clock: Clock = utcnow)
         description="Receives WhatsApp Cloud API webhooks and turns them into Kafka events.",
         lifespan=lifespan,
     )
-    app.state.ingest = IngestContext(
+    ctx = IngestContext(
         registry=registry,
-        publisher=EventPublisher(broker, settings),
+        producer=producer,
+        settings=settings,
         clock=clock,
         max_body_bytes=settings.ingest_max_body_bytes,
     )
+    app.state.ingest = ctx
     install_error_handlers(app)
     install_correlation(app)
     app.include_router(router)
     app.include_router(health_router(ready))
-    return app
+    document_webhook(app)
+    return IngestApp(app, WebhookReceiver(ctx))
 
 
 def run() -> None:
