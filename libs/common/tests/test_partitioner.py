@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiokafka.partitioner import DefaultPartitioner
-from waflow_common.kafka import KeyHashPartitioner
+from waflow_common.producer import KeyHashPartitioner
 
 
 def test_keys_land_on_the_default_partitioners_partition_cached_or_not() -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -55,92 +53,6 @@ def make_broker(settings: CommonSettings, *, client_id: str) -> KafkaBroker:
         request_timeout_ms=int(settings.kafka_publish_timeout_seconds * 1000),
         logger=None,
     )
-
-
-class Record(NamedTuple):
-    """One Kafka record as it goes on the wire (topic already prefixed)."""
-
-    topic: str
-    value: bytes
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
-class KeyHashPartitioner:
-    """Kafka's default partitioning (murmur2 of the key, as the Java client does), with the hash of recent keys
-    kept: aiokafka computes murmur2 in pure Python, a measurable share of a record's cost, and keys (tenant and
-    customer) repeat. Records without a key go to a random available partition, as with the default."""
-
-    def __init__(self, max_keys: int = 100_000) -> None:
-        self._hashes: dict[bytes, int] = {}
-        self._max_keys = max_keys
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return random.choice(available or all_partitions)
-        h = self._hashes.get(key)
-        if h is None:
-            if len(self._hashes) >= self._max_keys:
-                self._hashes.clear()
-            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return all_partitions[h % len(all_partitions)]
-
-
-def event_record(event: Envelope[Any], settings: CommonSettings) -> Record:
-    return Record(
-        topic=settings.topic(type(event).topic),
-        value=event.to_json(),
-        key=event.key().encode(),
-        headers=[(name, value.encode()) for name, value in event.headers().items()],
-    )
-
-
-class RecordProducer:
-    """aiokafka's producer without a framework in between, for a request path that must be cheap per record.
-
-    The same guarantees as `make_broker`'s producer (all in-sync replicas, idempotent, no linger); `send_all`
-    hands every record to the producer first and then waits once for all acknowledgements, so concurrent callers
-    share Kafka requests.
-    """
-
-    def __init__(self, settings: CommonSettings, *, client_id: str) -> None:
-        self._settings = settings
-        self._client_id = client_id
-        self._timeout = settings.kafka_publish_timeout_seconds
-        self._producer: AIOKafkaProducer | None = None
-
-    async def start(self) -> None:
-        # aiokafka binds its producer to the running loop, so it is made here rather than in __init__.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap_servers,
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            request_timeout_ms=int(self._timeout * 1000),
-            partitioner=KeyHashPartitioner(),
-        )
-        await self._producer.start()
-
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    async def send_all(self, records: Iterable[Record]) -> None:
-        """Returns once Kafka acknowledged every record; raises PublishError otherwise."""
-        if self._producer is None:
-            raise PublishError("the producer is not started")
-        count = 0
-        try:
-            async with asyncio.timeout(self._timeout):
-                acks = []
-                for r in records:
-                    acks.append(await self._producer.send(r.topic, r.value, key=r.key, headers=r.headers))
-                    count += 1
-                await asyncio.gather(*acks)
-        except (TimeoutError, KafkaError) as exc:
-            raise PublishError(f"Kafka did not acknowledge {count} record(s): {exc!r}") from exc
 
 
 class EventPublisher:

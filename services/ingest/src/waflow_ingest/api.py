@@ -19,8 +19,9 @@ from starlette.types import Receive, Scope, Send
 from waflow_common.events.envelope import Clock, derived_event_id
 from waflow_common.events.webhooks import WebhookReceived, WebhookReceivedEvent
 from waflow_common.http import CORRELATION_HEADER, ApiError, NotFound, ServiceUnavailable, Unauthorized, error_body
-from waflow_common.kafka import PublishError, Record, RecordProducer, event_record
+from waflow_common.kafka import PublishError
 from waflow_common.logs import log_context
+from waflow_common.producer import Record, RecordProducer, event_record
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 

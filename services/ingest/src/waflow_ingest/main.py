@@ -9,8 +9,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
-from waflow_common.kafka import RecordProducer, kafka_reachable
+from waflow_common.kafka import kafka_reachable
 from waflow_common.logs import configure_logging
+from waflow_common.producer import RecordProducer
 from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings

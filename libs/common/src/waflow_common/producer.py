@@ -1,0 +1,205 @@
+"""A Kafka producer for a request path that must be cheap per record: many callers, one batch per partition.
+
+FastStream's publish, and even aiokafka's own `send`, cost several times more per record than the record batch
+itself (a coroutine, a partition lookup and a future each). `RecordProducer` collects the records of every caller
+waiting at the same moment, appends them to one batch per topic and partition, and hands each batch to aiokafka
+whole. The guarantees are those of `make_broker`'s producer: all in-sync replicas acknowledge, idempotent, no
+linger; records of one key keep the order in which callers handed them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from waflow_common.events.envelope import Envelope
+from waflow_common.kafka import PublishError
+from waflow_common.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+# Above Kafka's 1 MB default: Meta sends webhook bodies up to 3 MB, archived whole (topics.MAX_MESSAGE_BYTES).
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+BATCH_BYTES = 512 * 1024
+
+
+class Record(NamedTuple):
+    """One Kafka record as it goes on the wire (topic already prefixed)."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def event_record(event: Envelope[Any], settings: CommonSettings) -> Record:
+    return Record(
+        topic=settings.topic(type(event).topic),
+        value=event.to_json(),
+        key=event.key().encode(),
+        headers=[(name, value.encode()) for name, value in event.headers().items()],
+    )
+
+
+class KeyHashPartitioner:
+    """Kafka's default partitioning (murmur2 of the key, as the Java client does), with the hash of recent keys
+    kept: aiokafka computes murmur2 in pure Python, a measurable share of a record's cost, and keys (tenant and
+    customer) repeat. Records without a key go to a random available partition, as with the default."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._hashes: dict[bytes, int] = {}
+        self._max_keys = max_keys
+
+    def __call__(self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:
+        if key is None:
+            return random.choice(available or all_partitions)
+        h = self._hashes.get(key)
+        if h is None:
+            if len(self._hashes) >= self._max_keys:
+                self._hashes.clear()
+            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[h % len(all_partitions)]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """One caller of send_all: done once every batch holding one of its records is acknowledged."""
+
+    done: asyncio.Future[None]
+    batches: int = 0
+
+
+@dataclass(eq=False)
+class _Batch:
+    topic: str
+    partition: int
+    builder: BatchBuilder
+    waiters: list[_Waiter] = field(default_factory=list)
+
+
+class RecordProducer:
+    """`send_all` returns once Kafka acknowledged every record given; callers waiting together share batches."""
+
+    def __init__(self, settings: CommonSettings, *, client_id: str) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._timeout = settings.kafka_publish_timeout_seconds
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = KeyHashPartitioner()
+        self._queue: list[tuple[Sequence[Record], _Waiter]] = []
+        self._wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # aiokafka binds its producer to the running loop, so it is made here rather than in __init__.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            request_timeout_ms=int(self._timeout * 1000),
+            max_batch_size=BATCH_BYTES,
+            max_request_size=MAX_REQUEST_BYTES,
+            partitioner=self._partitioner,
+        )
+        await self._producer.start()
+        self._wakeup = asyncio.Event()
+        self._flusher = asyncio.create_task(self._flush_forever(self._producer), name="record-producer")
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        self._fail(self._queue, PublishError("the producer stopped"))
+        self._queue = []
+        if self._producer is not None:
+            await self._producer.stop()  # sends what was handed to it already
+            self._producer = None
+
+    async def send_all(self, records: Sequence[Record]) -> None:
+        """Returns once Kafka acknowledged every record; raises PublishError otherwise."""
+        if self._flusher is None or self._flusher.done():
+            raise PublishError("the producer is not running")
+        if not records:
+            return
+        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        self._queue.append((records, waiter))
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await waiter.done
+        except (TimeoutError, KafkaError) as exc:
+            raise PublishError(f"Kafka did not acknowledge {len(records)} record(s): {exc!r}") from exc
+
+    async def _flush_forever(self, producer: AIOKafkaProducer) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            queue, self._queue = self._queue, []
+            try:
+                await self._flush(producer, queue)
+            except Exception as exc:  # metadata unavailable, producer failed: these callers get a 503
+                log.warning("records not handed to Kafka", extra={"error": repr(exc)})
+                self._fail(queue, exc)
+
+    async def _flush(self, producer: AIOKafkaProducer, queue: list[tuple[Sequence[Record], _Waiter]]) -> None:
+        partitions: dict[str, list[int]] = {}
+        open_batches: dict[tuple[str, int], _Batch] = {}
+        full: list[_Batch] = []
+        for records, waiter in queue:
+            if waiter.done.done():  # its caller gave up (timeout): Meta retries the delivery
+                continue
+            for record in records:
+                topic = record.topic
+                known = partitions.get(topic)
+                if known is None:
+                    known = partitions[topic] = sorted(await producer.partitions_for(topic))
+                partition = self._partitioner(record.key, known, known)
+                batch = open_batches.get((topic, partition))
+                if batch is None:
+                    batch = open_batches[topic, partition] = _Batch(topic, partition, producer.create_batch())
+                if batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers):
+                    pass
+                else:  # full: it goes as it is, and a new one takes the record
+                    full.append(batch)
+                    batch = open_batches[topic, partition] = _Batch(topic, partition, producer.create_batch())
+                    batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers)
+                if not batch.waiters or batch.waiters[-1] is not waiter:
+                    batch.waiters.append(waiter)
+                    waiter.batches += 1
+        for batch in [*full, *open_batches.values()]:
+            batch.builder.close()
+            delivered = await producer.send_batch(batch.builder, batch.topic, partition=batch.partition)
+            delivered.add_done_callback(lambda f, waiters=batch.waiters: _delivered(f, waiters))
+
+    @staticmethod
+    def _fail(queue: list[tuple[Sequence[Record], _Waiter]], exc: BaseException) -> None:
+        for _, waiter in queue:
+            if not waiter.done.done():
+                waiter.done.set_exception(exc)
+
+
+def _delivered(future: asyncio.Future[Any], waiters: list[_Waiter]) -> None:
+    error = future.exception() if not future.cancelled() else KafkaError("batch cancelled")
+    for waiter in waiters:
+        if waiter.done.done():
+            continue
+        if error is not None:
+            waiter.done.set_exception(error)
+            continue
+        waiter.batches -= 1
+        if waiter.batches == 0:
+            waiter.done.set_result(None)
