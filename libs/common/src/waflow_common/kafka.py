@@ -50,6 +50,7 @@ def make_broker(settings: CommonSettings, *, client_id: str) -> KafkaBroker:
         acks="all",
         enable_idempotence=True,
         linger_ms=0,  # measured: any linger adds its full delay to every acknowledged send at our rates
+        max_request_size=topics.MAX_MESSAGE_BYTES,  # dead letters can carry a large record
         request_timeout_ms=int(settings.kafka_publish_timeout_seconds * 1000),
         logger=None,
     )
@@ -303,7 +304,7 @@ async def ensure_topics(settings: CommonSettings, specs: Sequence[topics.TopicSp
                 name=settings.topic(spec.name),
                 num_partitions=spec.partitions,
                 replication_factor=1,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+                topic_configs=spec.configs(),
             )
             for spec in (specs or topics.all_topics())
             if settings.topic(spec.name) not in existing

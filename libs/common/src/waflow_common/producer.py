@@ -22,14 +22,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from waflow_common import topics
 from waflow_common.events.envelope import Envelope
 from waflow_common.kafka import PublishError
 from waflow_common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
-# Above Kafka's 1 MB default: Meta sends webhook bodies up to 3 MB, archived whole (topics.MAX_MESSAGE_BYTES).
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
 BATCH_BYTES = 512 * 1024
 
 
@@ -110,7 +109,7 @@ class RecordProducer:
             linger_ms=0,
             request_timeout_ms=int(self._timeout * 1000),
             max_batch_size=BATCH_BYTES,
-            max_request_size=MAX_REQUEST_BYTES,
+            max_request_size=topics.MAX_MESSAGE_BYTES,
             partitioner=self._partitioner,
         )
         await self._producer.start()

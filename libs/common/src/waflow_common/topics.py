@@ -14,18 +14,29 @@ TENANTS = "tenants.v1"
 
 DLQ_SUFFIX = ".dlq"
 
+# Meta sends webhook bodies of up to 3 MB; the archive keeps each whole (JSON-escaped inside its event), and an
+# inbound event or its dead letter can carry a large raw item. Kafka's default limit is 1 MB.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int
     compacted: bool = False
+    max_message_bytes: int | None = None
+
+    def configs(self) -> dict[str, str]:
+        configs = {"cleanup.policy": "compact"} if self.compacted else {}
+        if self.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(self.max_message_bytes)
+        return configs
 
 
 # Chat-keyed topics get 6 partitions so consumers can scale out; the registry topic is small and compacted.
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(WEBHOOKS, 6),
-    TopicSpec(INBOUND, 6),
+    TopicSpec(WEBHOOKS, 6, max_message_bytes=MAX_MESSAGE_BYTES),
+    TopicSpec(INBOUND, 6, max_message_bytes=MAX_MESSAGE_BYTES),
     TopicSpec(CONTACTS, 6, compacted=True),
     TopicSpec(OUTBOUND_COMMANDS, 6),
     TopicSpec(OUTBOUND_RESULTS, 6),
@@ -38,7 +49,10 @@ CONSUMED = (INBOUND, CONTACTS, OUTBOUND_COMMANDS, OUTBOUND_RESULTS, CONVERSATION
 
 
 def all_topics() -> tuple[TopicSpec, ...]:
-    dlqs = tuple(TopicSpec(name + DLQ_SUFFIX, 6 if name != TENANTS else 1) for name in CONSUMED)
+    dlqs = tuple(
+        TopicSpec(name + DLQ_SUFFIX, 6 if name != TENANTS else 1, max_message_bytes=MAX_MESSAGE_BYTES)
+        for name in CONSUMED
+    )
     return TOPICS + dlqs
 
 
