@@ -134,14 +134,18 @@ class RecordProducer:
             raise PublishError("the producer is not running")
         if not records:
             return
-        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future())
         self._queue.append((records, waiter))
         self._wakeup.set()
+        # A timer on the future rather than asyncio.timeout(): the same effect at a fraction of the cost.
+        timer = loop.call_later(self._timeout, _expire, waiter.done)
         try:
-            async with asyncio.timeout(self._timeout):
-                await waiter.done
+            await waiter.done
         except (TimeoutError, KafkaError) as exc:
             raise PublishError(f"Kafka did not acknowledge {len(records)} record(s): {exc!r}") from exc
+        finally:
+            timer.cancel()
 
     async def _flush_forever(self, producer: AIOKafkaProducer) -> None:
         while True:
@@ -189,6 +193,11 @@ class RecordProducer:
         for _, waiter in queue:
             if not waiter.done.done():
                 waiter.done.set_exception(exc)
+
+
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError("no acknowledgement in time"))
 
 
 def _delivered(future: asyncio.Future[Any], waiters: list[_Waiter]) -> None:
