@@ -85,8 +85,9 @@ class Envelope(BaseModel, Generic[PayloadT]):
         now = clock()
         return cls(
             event_id=event_id or uuid.uuid4(),
-            event_type=cls.model_fields["event_type"].default,
-            schema_version=cls.model_fields["schema_version"].default,
+            # __pydantic_fields__ is model_fields without its descriptor's cost (this runs per event).
+            event_type=cls.__pydantic_fields__["event_type"].default,
+            schema_version=cls.__pydantic_fields__["schema_version"].default,
             tenant_id=tenant_id,
             occurred_at=occurred_at or now,
             produced_at=now,
