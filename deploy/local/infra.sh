@@ -47,7 +47,7 @@ install_kafka() {
 install_ferretdb() {
   if [ -x "$fdb_bin" ]; then return; fi
   need go "install Go 1.24+ (Debian: apt-get install -y golang, or the official toolchain)"
-  log "building FerretDB from the Go module proxy, with waflow's _id index fix (a few minutes the first time)"
+  log "building FerretDB from the Go module proxy, with waflow's fixes (see patch.sh; a few minutes the first time)"
   local work
   work="$(dirname "$fdb_bin")"
   rm -rf "$work/build" && mkdir -p "$work/build"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's fixes to it.
+# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's two fixes to it.
 #
-# The one fix: FerretDB v1.24's SQLite backend finds a document by _id with `_ferretdb_sjson->'$._id' = ?`
+# The first fix: FerretDB v1.24's SQLite backend finds a document by _id with `_ferretdb_sjson->'$._id' = ?`
 # (find, update and delete), but creates the collection's unique _id index on `_ferretdb_sjson->"_id"`.
 # SQLite only uses an expression index for the same expression, so every lookup by _id scanned the whole
 # table (an update took 20 ms with 1,000 documents, and grew with the collection). `->'_id'` is the expression
@@ -24,3 +24,18 @@ after="IDColumn = DefaultColumn + \"->'_id'\""
 grep -qF "$before" "$file" || { echo "patch.sh: $file has changed; review the _id index fix" >&2; exit 1; }
 sed -i "s|->'\\\$\\._id'|->'_id'|" "$file"
 grep -qF "$after" "$file" || { echo "patch.sh: the _id index fix did not apply" >&2; exit 1; }
+
+# The second fix: writers of one SQLite database queue in FerretDB instead of in SQLite. Every insert and update
+# is a transaction (fsql.DB.InTransaction); while one holds SQLite's single write lock, the others wait in
+# SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between attempts. With 16 concurrent writers a 1 ms
+# update waited tens of ms. A mutex per database (one SQLite file) hands the lock over as soon as it is free.
+file="$dest/internal/util/fsql/db.go"
+grep -qF 'sqlDB     *sql.DB' "$file" ||
+  { echo "patch.sh: $file has changed; review the writer mutex" >&2; exit 1; }
+grep -qF 'if sqlTx, err = db.sqlDB.BeginTx(ctx, nil); err != nil {' "$file" ||
+  { echo "patch.sh: $file has changed; review the writer mutex" >&2; exit 1; }
+sed -i 's|^\tsqlDB     \*sql.DB$|\tsqlDB     *sql.DB\n\twriteMu   sync.Mutex // waflow: one writer at a time per SQLite file, queued here|' "$file"
+sed -i 's|^\tif sqlTx, err = db.sqlDB.BeginTx(ctx, nil); err != nil {$|\tdb.writeMu.Lock()\n\tdefer db.writeMu.Unlock()\n\n&|' "$file"
+sed -i 's|^\t"log/slog"$|\t"log/slog"\n\t"sync"|' "$file"
+grep -qF 'db.writeMu.Lock()' "$file" && grep -qF 'writeMu   sync.Mutex' "$file" && grep -qF $'\t"sync"' "$file" ||
+  { echo "patch.sh: the writer mutex did not apply" >&2; exit 1; }
