@@ -56,6 +56,37 @@ def make_broker(settings: CommonSettings, *, client_id: str) -> KafkaBroker:
     )
 
 
+# How long a batch waits for the records produced while it sat in the consumer's prefetch buffer.
+TOP_UP_WAIT_MS = 10
+
+
+async def _topped_up(message: KafkaMessage, max_records: int) -> tuple[ConsumerRecord[bytes, bytes], ...]:
+    """The batch FastStream handed over, plus what Kafka has had since.
+
+    aiokafka fetches the next records while a batch is applied, and hands them over at the next poll: by then
+    they are as old as that whole batch took, and what arrived meanwhile waits one batch more. Draining the
+    prefetched batch made aiokafka fetch again at once, so a short second poll collects the newer records too:
+    a record then waits for at most one batch before its own, not two.
+    """
+    records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
+    room = max_records - len(records)
+    consumer = message.consumer
+    if room <= 0 or not isinstance(consumer, AIOKafkaConsumer):  # FastStream's in-memory test broker has none
+        return records
+    fresh = await consumer.getmany(timeout_ms=TOP_UP_WAIT_MS, max_records=room)
+    return records + tuple(r for batch in fresh.values() for r in batch)
+
+
+def _rewind(consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+    """A batch that did not end: every partition it read goes back to its first record (not committed)."""
+    earliest: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        earliest[tp] = min(earliest.get(tp, record.offset), record.offset)
+    for tp, offset in earliest.items():
+        consumer.seek(tp, offset)
+
+
 class EventPublisher:
     """Publishes envelopes to their topics (with the topic prefix of this deployment)."""
 
@@ -168,10 +199,16 @@ class Consumer:
         """
 
         async def consume(message: KafkaMessage) -> None:
-            records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
-            if apply_many is not None:
-                records = await self._apply_many(topic, records, adapter, apply_many)
-            await self._consume_batch(topic, records, adapter, handler, concurrency)
+            batch = records = await _topped_up(message, max_records)
+            try:
+                if apply_many is not None:
+                    records = await self._apply_many(topic, records, adapter, apply_many)
+                await self._consume_batch(topic, records, adapter, handler, concurrency)
+            except BaseException:
+                # FastStream rewinds what it handed over; the records of the top-up go back too.
+                if isinstance(message.consumer, AIOKafkaConsumer):
+                    _rewind(message.consumer, batch)
+                raise
 
         self._register(topic, consume, batch=True, max_records=max_records, batch_timeout_ms=100)
 
@@ -179,7 +216,7 @@ class Consumer:
         consume.__name__ = f"{self.group_id}_{topic.replace('.', '_')}"
         self._broker.subscriber(
             self._settings.topic(topic),
-            group_id=self.group_id,
+            group_id=self._settings.group(self.group_id),
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.NACK_ON_ERROR,
             **options,

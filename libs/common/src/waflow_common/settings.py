@@ -31,5 +31,9 @@ class CommonSettings(BaseSettings):
     def topic(self, name: str) -> str:
         return f"{self.waflow_topic_prefix}{name}"
 
+    def group(self, name: str) -> str:
+        """A consumer group of this deployment: stacks sharing a broker must not share (and rebalance) groups."""
+        return f"{self.waflow_topic_prefix}{name}"
+
     def database(self, name: str) -> str:
         return f"{self.waflow_db_prefix}{name}"

@@ -26,7 +26,7 @@ def derived_event_id(*parts: str) -> uuid.UUID:
 
     What uuid.uuid5(EVENT_NAMESPACE, ...) computes, without its per-call import and namespace conversion (it
     runs twice per webhook on ingest's hot path)."""
-    digest = hashlib.sha1(_NAMESPACE_BYTES + "\x1f".join(parts).encode()).digest()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + "\x1f".join(parts).encode(), usedforsecurity=False).digest()
     return uuid.UUID(bytes=digest[:16], version=5)
 
 
