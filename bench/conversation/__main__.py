@@ -1,7 +1,7 @@
 """Benchmark conversation: customers write through the WhatsApp simulator at a fixed rate; how soon is each
 message visible in the chat API, is any lost or duplicated, and how fast does the consumer go?
 
-    uv run python -m bench.conversation [--rate 500] [--duration 60] [--customers 200] [--concurrency 16]
+    uv run python -m bench.conversation [--rate 500] [--duration 60] [--warmup 20] [--customers 200] [--concurrency 16]
 
 Runs the simulator, ingest and conversation as separate processes (uvicorn each). Uses KAFKA_BOOTSTRAP_SERVERS
 and MONGODB_URI when both are set, else starts a Kafka and a FerretDB of its own (deploy/local/infra.sh).
@@ -195,11 +195,13 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             customers = [f"1555{(run + i) % 10**7:07d}" for i in range(args.customers)]
             stop = asyncio.Event()
             poller = asyncio.create_task(poll_visibility(http, base, load, stop, args.poll_ms / 1000))
-            # Warm-up, not measured: one message per customer creates the chats and lets the consumer group
-            # settle (its first rebalances pause consumption for seconds).
-            await send_load(args, ports["simulator"], load, customers, total=len(customers), rate=args.rate)
+            # Warm-up, not measured: at least one message per customer creates the chats and lets the consumer
+            # group settle (its first rebalances pause consumption for seconds); --warmup seconds at the full
+            # rate let a just-started Kafka's JIT compiler finish (it takes much of a core for 15-20 s of load).
+            warm_total = max(len(customers), int(args.rate * args.warmup))
+            await send_load(args, ports["simulator"], load, customers, total=warm_total, rate=args.rate)
             warm_deadline = time.monotonic() + 120
-            while load.seen() < len(customers) and time.monotonic() < warm_deadline:
+            while load.seen() < warm_total and time.monotonic() < warm_deadline:
                 await asyncio.sleep(0.1)
             load.baseline = {wa_id: len(shown) for wa_id, shown in load.visible.items()}
             load.visible.clear()
@@ -251,6 +253,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=500.0, help="customer messages per second")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before measuring")
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16, help="chats the consumer applies at once")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections to the simulator")
