@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's two fixes to it.
+# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's three fixes to it.
 #
 # The first fix: FerretDB v1.24's SQLite backend finds a document by _id with `_ferretdb_sjson->'$._id' = ?`
 # (find, update and delete), but creates the collection's unique _id index on `_ferretdb_sjson->"_id"`.
@@ -39,3 +39,14 @@ sed -i 's|^\tif sqlTx, err = db.sqlDB.BeginTx(ctx, nil); err != nil {$|\tdb.writ
 sed -i 's|^\t"log/slog"$|\t"log/slog"\n\t"sync"|' "$file"
 grep -qF 'db.writeMu.Lock()' "$file" && grep -qF 'writeMu   sync.Mutex' "$file" && grep -qF $'\t"sync"' "$file" ||
   { echo "patch.sh: the writer mutex did not apply" >&2; exit 1; }
+
+# The third fix: an update reads its documents and closes that read before it writes them. FerretDB v1.24 wrote
+# each matched document while the query that found it was still open, so every write ran beside an open SQLite
+# read. SQLite can then never restart its write-ahead log: the log grew without end (8 KB per update) and every
+# commit past 1,000 pages ran a checkpoint and two fsyncs.
+file="$dest/internal/handler/msg_update.go"
+before=$'\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)'
+grep -qxF "$before" "$file" || { echo "patch.sh: $file has changed; review the read-before-write fix" >&2; exit 1; }
+sed -i 's|^\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)$|\t\tdocs, err := iterator.ConsumeValues(iter) // waflow: the read is closed before the write\n\t\tif err != nil {\n\t\t\treturn 0, 0, nil, lazyerrors.Error(err)\n\t\t}\n\n\t\tread := iterator.Values(iterator.ForSlice(docs))\n\t\tcloser.Add(read)\n\n\t\tresult, err := common.UpdateDocument(ctx, c, "update", read, \&u)|' "$file"
+grep -qF 'read := iterator.Values(iterator.ForSlice(docs))' "$file" ||
+  { echo "patch.sh: the read-before-write fix did not apply" >&2; exit 1; }
