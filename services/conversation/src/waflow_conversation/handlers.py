@@ -84,7 +84,7 @@ class ConversationHandlers:
             elif isinstance(event, MessageStatusEvent):
                 statuses.append((_tenant(event), event.payload))
         for tenant_id, messages in received.items():
-            await self._messages.record_inbound(tenant_id, messages, concurrency=self._concurrency)
+            await self._messages.record_inbound(tenant_id, messages)
         slots = asyncio.Semaphore(self._concurrency)
 
         async def apply(tenant_id: str, status: MessageStatus) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -340,48 +340,81 @@ class ChatRepository:
 
     # --- inbound messages ------------------------------------------------------------------------------------
     async def apply_inbound(
-        self, chat_id: str, tenant_id: str, received: Sequence[tuple[str, MessageReceived, Cause | None]]
+        self, tenant_id: str, chats: Sequence[tuple[str, Sequence[tuple[str, MessageReceived, Cause | None]]]]
     ) -> None:
         """Counts each message once, moves activity, preview and window; announces a window (re)opening.
 
-        The messages (at most APPLIED_KEEP, so that all of them are still in `applied` when their records are
-        redelivered) are folded into one write.
+        Each chat's messages (at most APPLIED_KEEP, so that all of them are still in `applied` when their records
+        are redelivered) are folded into one update, and the updates of all the chats go in one bulk write: each
+        update is a read-modify-write on FerretDB, and one command for many costs a third of one each.
         """
-        if len(received) > APPLIED_KEEP:
-            raise ValueError(f"at most {APPLIED_KEEP} messages per write, not {len(received)}")
-        chat_key = key(tenant_id, chat_id)
-        events: list[Document] = []
-        async with self._c.hold("chats", chat_key):
-            chat = self._cache.get(chat_key) or await self.get(tenant_id, chat_id)
-            state = {k: v for k, v in chat.items() if k != "outbox"}
-            applied: list[str] = list(chat.get("applied", []))
-            sets: Document = {}
-            inc: dict[str, int] = {}
-            for message_id, m, cause in received:
-                if message_id in applied:
-                    continue
-                change, push, step = self._inbound_change(state, message_id, m, cause)
-                events += push["outbox"]["$each"] if push else []
-                applied = [*applied[-(APPLIED_KEEP - 1) :], message_id]
-                sets |= change
-                state |= change
-                for field, by in step.items():
-                    inc[field] = inc.get(field, 0) + by
-                    state[field] = state.get(field, 0) + by
-            if applied == chat.get("applied", []):
-                return  # every one of them was counted before
-            sets["applied"] = state["applied"] = applied
-            update: Document = {"$set": sets}
-            if events:
-                update["$push"] = {"outbox": {"$each": events}}
-            if inc:
-                update["$inc"] = inc
-            await self._c.chats.update_one({"_id": chat_key}, update)
-            if len(self._cache) >= CACHED_CHATS:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[chat_key] = state
-        if events:
+        for _, received in chats:
+            if len(received) > APPLIED_KEEP:
+                raise ValueError(f"at most {APPLIED_KEEP} messages per write, not {len(received)}")
+        chat_keys = {key(tenant_id, chat_id): chat_id for chat_id, _ in chats}
+        parked: list[str] = []
+        async with contextlib.AsyncExitStack() as held:
+            for chat_key in sorted(chat_keys):  # one order for every multi-chat writer: no deadlock
+                await held.enter_async_context(self._c.hold("chats", chat_key))
+            writes: list[UpdateOne] = []
+            states: dict[str, Document] = {}
+            for chat_id, received in chats:
+                chat_key = key(tenant_id, chat_id)
+                chat = self._cache.get(chat_key) or await self.get(tenant_id, chat_id)
+                folded = self._fold_inbound(chat, received)
+                if folded is None:
+                    continue  # every one of them was counted before
+                update, state, announces = folded
+                writes.append(UpdateOne({"_id": chat_key}, update))
+                states[chat_key] = state
+                if announces:
+                    parked.append(chat_key)
+            if not writes:
+                return
+            try:
+                await self._c.chats.bulk_write(writes, ordered=False)
+            except BaseException:
+                # Some may be written: the next attempt reads those chats (and what they counted) again.
+                for chat_key in chat_keys:
+                    self._forget(chat_key)
+                raise
+            for chat_key, state in states.items():
+                if len(self._cache) >= CACHED_CHATS:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[chat_key] = state
+        for chat_key in parked:
             self._parked("chats", chat_key)
+
+    def _fold_inbound(
+        self, chat: Document, received: Sequence[tuple[str, MessageReceived, Cause | None]]
+    ) -> tuple[Document, Document, bool] | None:
+        """The update that counts these messages on the chat, the chat's state after it, and whether it parks
+        announcements in the chat's outbox; None if all of them were counted before."""
+        events: list[Document] = []
+        state = {k: v for k, v in chat.items() if k != "outbox"}
+        applied: list[str] = list(chat.get("applied", []))
+        sets: Document = {}
+        inc: dict[str, int] = {}
+        for message_id, m, cause in received:
+            if message_id in applied:
+                continue
+            change, push, step = self._inbound_change(state, message_id, m, cause)
+            events += push["outbox"]["$each"] if push else []
+            applied = [*applied[-(APPLIED_KEEP - 1) :], message_id]
+            sets |= change
+            state |= change
+            for field, by in step.items():
+                inc[field] = inc.get(field, 0) + by
+                state[field] = state.get(field, 0) + by
+        if applied == chat.get("applied", []):
+            return None
+        sets["applied"] = state["applied"] = applied
+        update: Document = {"$set": sets}
+        if events:
+            update["$push"] = {"outbox": {"$each": events}}
+        if inc:
+            update["$inc"] = inc
+        return update, state, bool(events)
 
     def _inbound_change(
         self, chat: Document, message_id: str, m: MessageReceived, cause: Cause | None

@@ -10,7 +10,6 @@ with a single `$in` query.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import hashlib
 import json
@@ -183,16 +182,16 @@ class MessageRepository:
             self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "note")
 
     # --- inbound -------------------------------------------------------------------------------------------------
-    async def record_inbound(
-        self, tenant_id: str, received: Sequence[tuple[MessageReceived, Cause | None]], *, concurrency: int = 16
-    ) -> None:
+    async def record_inbound(self, tenant_id: str, received: Sequence[tuple[MessageReceived, Cause | None]]) -> None:
         """Applies each message to its chat once and stores it once (its `_id` is derived from the wamid).
 
-        Messages that arrive together are written together: one chat write for up to APPLIED_KEEP messages of a
-        chat, then one insert for all the messages. The chat first, then the insert: the chat remembers the last
-        ids it counted, so a record redelivered after a crash between the two (Kafka redelivers the batch, in
-        partition order, before anything newer) finds its id there and only inserts; a duplicate webhook long
-        after finds the message already stored and changes nothing.
+        Messages that arrive together are written together: one chat update for up to APPLIED_KEEP messages of a
+        chat, the updates of all the chats in one bulk write, then one insert for all the messages. The chats
+        first, then the insert: a chat remembers the last ids it counted, so a record redelivered after a crash
+        between the two (Kafka redelivers the batch, in partition order, before anything newer) finds its id
+        there and only inserts; a duplicate webhook long after finds the message already stored and changes
+        nothing. A chat with more messages than that is written in rounds, each after the messages of the round
+        before are stored.
         """
         by_chat: dict[str, list[tuple[str, MessageReceived, Cause | None, Document]]] = {}
         for m, cause in received:
@@ -203,22 +202,17 @@ class MessageRepository:
             queued = by_chat.setdefault(chat["chat_id"], [])
             if all(item[0] != message_id for item in queued):
                 queued.append((message_id, m, cause, self._inbound_doc(tenant_id, chat["chat_id"], message_id, m)))
-        slots = asyncio.Semaphore(concurrency)
-        now: list[Document] = []
-
-        async def count(chat_id: str, items: list[tuple[str, MessageReceived, Cause | None, Document]]) -> None:
-            async with slots:
-                # A busy chat: each further write waits until the messages of the one before are stored.
-                for start in range(0, len(items), APPLIED_KEEP):
-                    chunk = items[start : start + APPLIED_KEEP]
-                    await self._chats.apply_inbound(chat_id, tenant_id, [(i, m, c) for i, m, c, _ in chunk])
-                    if start + APPLIED_KEEP < len(items):
-                        await self._store([doc for *_, doc in chunk])
-                    else:
-                        now.extend(doc for *_, doc in chunk)
-
-        await asyncio.gather(*(count(chat_id, items) for chat_id, items in by_chat.items()))
-        await self._store(now)
+        rounds: list[list[tuple[str, list[tuple[str, MessageReceived, Cause | None, Document]]]]] = []
+        for chat_id, items in by_chat.items():
+            for n, start in enumerate(range(0, len(items), APPLIED_KEEP)):
+                if n == len(rounds):
+                    rounds.append([])
+                rounds[n].append((chat_id, items[start : start + APPLIED_KEEP]))
+        for chunks in rounds:
+            await self._chats.apply_inbound(
+                tenant_id, [(chat_id, [(i, m, c) for i, m, c, _ in chunk]) for chat_id, chunk in chunks]
+            )
+            await self._store([doc for _, chunk in chunks for *_, doc in chunk])
 
     async def _store(self, docs: list[Document]) -> None:
         if not docs:
