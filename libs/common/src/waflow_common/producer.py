@@ -110,7 +110,6 @@ class RecordProducer:
             request_timeout_ms=int(self._timeout * 1000),
             max_batch_size=BATCH_BYTES,
             max_request_size=topics.MAX_MESSAGE_BYTES,
-            partitioner=self._partitioner,
         )
         await self._producer.start()
         self._wakeup = asyncio.Event()
@@ -156,7 +155,7 @@ class RecordProducer:
                 await self._flush(producer, queue)
             except Exception as exc:  # metadata unavailable, producer failed: these callers get a 503
                 log.warning("records not handed to Kafka", extra={"error": repr(exc)})
-                self._fail(queue, exc)
+                self._fail(queue, PublishError(f"records not handed to Kafka: {exc!r}"))
 
     async def _flush(self, producer: AIOKafkaProducer, queue: list[tuple[Sequence[Record], _Waiter]]) -> None:
         partitions: dict[str, list[int]] = {}
@@ -174,9 +173,8 @@ class RecordProducer:
                 batch = open_batches.get((topic, partition))
                 if batch is None:
                     batch = open_batches[topic, partition] = _Batch(topic, partition, producer.create_batch())
-                if batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers):
-                    pass
-                else:  # full: it goes as it is, and a new one takes the record
+                if not batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers):
+                    # full: it goes as it is, and a new one takes the record
                     full.append(batch)
                     batch = open_batches[topic, partition] = _Batch(topic, partition, producer.create_batch())
                     batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers)

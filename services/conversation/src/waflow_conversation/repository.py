@@ -351,10 +351,10 @@ class ChatRepository:
         for _, received in chats:
             if len(received) > APPLIED_KEEP:
                 raise ValueError(f"at most {APPLIED_KEEP} messages per write, not {len(received)}")
-        chat_keys = {key(tenant_id, chat_id): chat_id for chat_id, _ in chats}
+        chat_keys = sorted({key(tenant_id, chat_id) for chat_id, _ in chats})
         parked: list[str] = []
         async with contextlib.AsyncExitStack() as held:
-            for chat_key in sorted(chat_keys):  # one order for every multi-chat writer: no deadlock
+            for chat_key in chat_keys:  # one order for every multi-chat writer: no deadlock
                 await held.enter_async_context(self._c.hold("chats", chat_key))
             writes: list[UpdateOne] = []
             states: dict[str, Document] = {}

@@ -22,7 +22,7 @@ from waflow_common.events.webhooks import WebhookReceived, WebhookReceivedEvent
 from waflow_common.http import CORRELATION_HEADER, ApiError, NotFound, ServiceUnavailable, Unauthorized, error_body
 from waflow_common.kafka import PublishError
 from waflow_common.logs import correlation_id_var
-from waflow_common.producer import Record, RecordProducer, event_record
+from waflow_common.producer import RecordProducer, event_record
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
@@ -156,10 +156,11 @@ async def accept_webhook(
         correlation_id=correlation_id,
         clock=lambda: now,
     )
-    records = [event_record(archive, ctx.settings), *(event_record(e, ctx.settings) for e in result.events)]
-    for letter in item_dead_letters(result.failures, app_id=app_id, correlation_id=correlation_id, now=now):
-        headers = [(name, value.encode()) for name, value in letter.headers.items()]
-        records.append(Record(ctx.settings.topic(letter.topic), letter.value, letter.key, headers))
+    records = [
+        event_record(archive, ctx.settings),
+        *(event_record(e, ctx.settings) for e in result.events),
+        *item_dead_letters(result.failures, ctx.settings, app_id=app_id, correlation_id=correlation_id, now=now),
+    ]
     try:
         await ctx.producer.send_all(records)
     except PublishError as exc:

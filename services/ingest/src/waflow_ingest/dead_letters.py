@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
 from waflow_common import topics
 from waflow_common.events.dead_letter import DeadLetter
+from waflow_common.producer import Record
+from waflow_common.settings import CommonSettings
 
 from waflow_ingest.domain import ItemFailure
 
 
-@dataclass(frozen=True)
-class OutgoingLetter:
-    topic: str
-    key: bytes
-    value: bytes
-    headers: dict[str, str]
-
-
 def item_dead_letters(
-    failures: list[ItemFailure], *, app_id: str, correlation_id: str, now: datetime
-) -> Iterator[OutgoingLetter]:
+    failures: list[ItemFailure], settings: CommonSettings, *, app_id: str, correlation_id: str, now: datetime
+) -> Iterator[Record]:
     for failure in failures:
         letter = DeadLetter(
             topic=topics.WEBHOOKS,
@@ -38,9 +31,9 @@ def item_dead_letters(
             attempts=1,
             failed_at=now,
         )
-        yield OutgoingLetter(
-            topic=topics.dlq(topics.INBOUND),
-            key=f"{failure.tenant_id or ''}".encode(),
+        yield Record(
+            topic=settings.topic(topics.dlq(topics.INBOUND)),
             value=letter.model_dump_json().encode(),
-            headers={"tenant_id": failure.tenant_id or "", "dlq_error_type": letter.error_type},
+            key=f"{failure.tenant_id or ''}".encode(),
+            headers=[("tenant_id", (failure.tenant_id or "").encode()), ("dlq_error_type", letter.error_type.encode())],
         )
