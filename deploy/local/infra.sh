@@ -115,7 +115,7 @@ start_ferretdb() {
   mkdir -p "$data/ferretdb"
   log "starting ferretdb on 127.0.0.1:$mongo_port"
   nohup "$fdb_bin" --listen-addr "127.0.0.1:$mongo_port" --data-dir "$data/ferretdb" \
-    >"$data/ferretdb.log" 2>&1 &
+    ${FERRETDB_DEBUG_ADDR:+--debug-addr "$FERRETDB_DEBUG_ADDR"} >"$data/ferretdb.log" 2>&1 &
   echo $! >"$pidf"
   for _ in $(seq 1 100); do
     if port_open "$mongo_port"; then log "ferretdb ready"; return; fi

@@ -9,6 +9,8 @@ import (
 	"flag"
 	"log"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served only when --debug-addr is set
 	"os"
 	"os/signal"
 	"syscall"
@@ -24,6 +26,7 @@ func main() {
 	// machine loses power. That is the trade a single Kafka broker makes by default too (it leaves flushing to
 	// the OS), and it doubles the writes a second. "full" syncs every commit.
 	synchronous := flag.String("sqlite-synchronous", "normal", "SQLite synchronous pragma: normal or full")
+	debugAddr := flag.String("debug-addr", "", "if set, serve Go's pprof profiles on this address (/debug/pprof/)")
 	flag.Parse()
 
 	if *synchronous != "normal" && *synchronous != "full" {
@@ -48,6 +51,10 @@ func main() {
 	})
 	if err != nil {
 		log.Fatal(err)
+	}
+
+	if *debugAddr != "" {
+		go func() { logger.Warn("debug server stopped", "error", http.ListenAndServe(*debugAddr, nil)) }()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
