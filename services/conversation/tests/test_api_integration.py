@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from pymongo.errors import PyMongoError
 from waflow_common import topics
+from waflow_common.mongo import make_mongo_client, service_database
+from waflow_conversation.chat_index import ChatFilter
+from waflow_conversation.main import DATABASE
+from waflow_conversation.repository import ChatRepository, Collections
 from waflow_testing.fixtures import TopicReader
 
 from .conftest import Stack, eventually, new_wa_id
@@ -260,3 +267,61 @@ async def test_openapi_describes_every_route_with_examples(stack: Stack) -> None
     send = spec["paths"]["/v1/chats/{chat_id}/messages"]["post"]
     assert set(send["requestBody"]["content"]["application/json"]["examples"]) == {"text", "template"}
     assert "window_closed" in send["responses"]["409"]["content"]["application/json"]["examples"]
+
+
+async def test_a_restarted_service_lists_exactly_what_the_database_holds(stack: Stack) -> None:
+    """The chat list is kept in memory beside every write: a fresh copy loaded from the database agrees."""
+    read, tagged, plain = new_wa_id(), new_wa_id(), new_wa_id()
+    read_chat = await _chat_with(stack, read, "one", "two")
+    await _chat_with(stack, tagged, "hello")
+    await _chat_with(stack, plain, "hi")
+    await stack.publish(stack.contact(tagged, name="Anna Bianchi", tags=["vip"]))
+    await eventually(lambda: _named(stack, tagged, "Anna Bianchi"))
+    assert (await stack.post(f"/v1/chats/{read_chat['chat_id']}/read")).status_code == 200
+
+    tenant_id = stack.a.tenant_id
+    ours = {(await stack.chat_for(w))["chat_id"] for w in (read, tagged, plain)}
+    async with _restarted(stack) as restarted:
+        for filters in (ChatFilter(), ChatFilter(unread=True), ChatFilter(tag="vip"), ChatFilter(search="anna")):
+            running = (await stack.context.chats.page(tenant_id, filters, None, 10_000)).items
+            loaded = (await restarted.page(tenant_id, filters, None, 10_000)).items
+            assert [c for c in loaded if c["chat_id"] in ours] == [c for c in running if c["chat_id"] in ours]
+        assert {c["chat_id"] for c in (await restarted.page(tenant_id, ChatFilter(), None, 10_000)).items} >= ours
+
+
+async def test_a_failed_chat_write_makes_the_service_read_that_chat_again(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    tenant_id = stack.a.tenant_id
+    async with _restarted(stack) as chats:
+        chat = await chats.ensure(tenant_id, stack.a.phone_number_id, wa_id)
+        chat_id, chat_key = chat["chat_id"], chat["_id"]
+        await chats.apply_inbound(tenant_id, [(chat_id, [("m1", stack.text(wa_id, "hi").payload, None)])])
+        # Another writer leaves the chat in a state this copy does not know, and the server refuses the next write.
+        raw = service_database(make_mongo_client(stack.settings), stack.settings, DATABASE)["chats"]
+        await raw.update_one({"_id": chat_key}, {"$set": {"outbox": "not a list", "profile_name": "Server"}})
+        assert (await chats.get(tenant_id, chat_id))["profile_name"] == "Test Customer"  # the copy, not read
+        with pytest.raises(PyMongoError):
+            await chats.mark_read(tenant_id, chat_id, "agent")
+        # So the chat is read again before it is shown or written.
+        listed = await chats.page(tenant_id, ChatFilter(search="Server"), None, 10)
+        assert [(c["chat_id"], c["unread_count"]) for c in listed.items] == [(chat_id, 1)]
+        await raw.update_one({"_id": chat_key}, {"$set": {"outbox": []}})
+        assert (await chats.mark_read(tenant_id, chat_id, "agent"))["unread_count"] == 0
+        assert (await raw.find_one({"_id": chat_key}) or {})["unread_count"] == 0
+
+
+@contextlib.asynccontextmanager
+async def _restarted(stack: Stack) -> AsyncIterator[ChatRepository]:
+    """A second ChatRepository over the service's database, loaded as a restarted service would load it."""
+    mongo = make_mongo_client(stack.settings)
+    try:
+        chats = ChatRepository(
+            Collections(service_database(mongo, stack.settings, DATABASE)),
+            stack.clock,
+            lambda _collection, _key: None,
+            lambda _tenant: [stack.a.phone_number_id],
+        )
+        await chats.load()
+        yield chats
+    finally:
+        await mongo.close()

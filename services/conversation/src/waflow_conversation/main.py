@@ -64,6 +64,7 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await collections.create_indexes()
+        await chats.load()
         await messages.load_index()
         await registry.start()
         await broker.start()

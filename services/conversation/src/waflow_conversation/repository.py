@@ -8,15 +8,15 @@ end at 7). So:
   `_id`, and another tenant's id simply does not exist;
 - every write to a document holds that document's lock (`Collections.hold`), reads it, decides in Python with
   the domain rules and writes it back, so no two writers in this process ever lose an update;
-- scans are left to listing small collections (chats, notes) and the window sweep.
+- every chat is also kept in memory (`ChatIndex`), written beside the document under the same lock, so the chat
+  list, the window sweep and the inbound path read no chats from the server; scans are left to notes.
 Nothing relies on multi-document transactions; an event that must accompany a change rides in the same
-document's outbox (see waflow_common.outbox). The secondary indexes serve MongoDB proper.
+document's outbox (see waflow_common.outbox). The notes index serves MongoDB proper.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -47,6 +47,7 @@ from waflow_common.locks import KeyedLocks
 from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
+from waflow_conversation.chat_index import ChatFilter, ChatIndex, matcher
 
 Document = dict[str, Any]
 Parked = Callable[[str, str], None]
@@ -57,7 +58,6 @@ Parked = Callable[[str, str], None]
 # chat's next write, so all of them are in that list; a long list is not cheap (FerretDB reads and rewrites the
 # whole chat document on every change).
 APPLIED_KEEP = 8
-CACHED_CHATS = 10_000
 
 
 def key(tenant_id: str, public_id: str) -> str:
@@ -75,14 +75,6 @@ class Cause:
 
     correlation_id: str
     event_id: uuid.UUID
-
-
-@dataclass(frozen=True)
-class ChatFilter:
-    unread: bool = False
-    tag: str | None = None
-    list_id: str | None = None
-    search: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,14 +97,12 @@ class Collections:
         self.orphan_statuses: AsyncCollection[Document] = db["orphan_statuses"]
 
     async def create_indexes(self) -> None:
-        # One index per call: FerretDB v1 may drop the connection on a multi-index createIndexes.
-        await self.chats.create_index([("tenant_id", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)])
-        await self.chats.create_index(
-            [("tenant_id", ASCENDING), ("window_state", ASCENDING), ("window_expires_at", ASCENDING)]
-        )
-        await self.messages.create_index(
-            [("tenant_id", ASCENDING), ("chat_id", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)]
-        )
+        # Chats and messages are read by `_id` alone (lists and timelines come from memory), so an index of
+        # theirs would only cost every write; earlier versions made some, which go.
+        for collection in (self.chats, self.messages):
+            async for index in await collection.list_indexes():
+                if index["name"] != "_id_":
+                    await collection.drop_index(index["name"])
         await self.notes.create_index(
             [("tenant_id", ASCENDING), ("chat_id", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)]
         )
@@ -164,50 +154,69 @@ class ChatRepository:
         self._clock = clock
         self._parked = parked
         self._numbers = numbers  # a tenant's phone_number_ids: a customer has one chat per number
-        self._known: set[str] = set()
-        # The chat as inbound messages last left it, so the next one need not read it (a read walks the
-        # collection on FerretDB). Every other writer drops the entry under the same lock.
-        self._cache: dict[str, Document] = {}
+        self._index = ChatIndex()
+        # Chats whose last write failed: it may or may not have happened, so they are read again before use.
+        self._unsure: set[str] = set()
 
-    def _forget(self, chat_key: str) -> None:
-        self._cache.pop(chat_key, None)
+    async def load(self) -> None:
+        """Reads every chat once (at start) into memory."""
+        async for chat in self._c.chats.find({}, {"outbox": 0}):
+            self._index.put(chat)
+
+    # --- the kept copy ------------------------------------------------------------------------------------
+    async def _held(self, chat_key: str) -> Document | None:
+        """The chat as it is now; the caller holds its lock. Read from the server only when not kept or unsure."""
+        chat = self._index.get(chat_key)
+        if chat is not None and chat_key not in self._unsure:
+            return chat
+        chat = await self._c.chats.find_one({"_id": chat_key}, {"outbox": 0})
+        self._unsure.discard(chat_key)
+        if chat is None:
+            self._index.drop(chat_key)
+            return None
+        return self._index.put(chat)
+
+    async def _write(self, chat_key: str, update: Document, sets: Document) -> Document:
+        """Updates one chat (its lock held, its `$set` being `sets`) and keeps the result."""
+        try:
+            await self._c.chats.update_one({"_id": chat_key}, update)
+        except BaseException:
+            self._unsure.add(chat_key)
+            raise
+        return self._index.update(chat_key, sets)
+
+    async def _existing(self, chat_key: str, chat_id: str) -> Document:
+        chat = await self._held(chat_key)
+        if chat is None:
+            raise ChatNotFound(chat_id)
+        return chat
+
+    async def _settle(self) -> None:
+        """Reads again the chats a failed write left unsure, so a list shows what the server holds."""
+        for chat_key in list(self._unsure):
+            async with self._c.hold("chats", chat_key):
+                await self._held(chat_key)
 
     # --- reading ------------------------------------------------------------------------------------------
     async def get(self, tenant_id: str, chat_id: str) -> Document:
-        chat = await self._c.chats.find_one({"_id": key(tenant_id, chat_id)})
+        chat_key = key(tenant_id, chat_id)
+        chat = self._index.get(chat_key)
+        if chat is None or chat_key in self._unsure:
+            async with self._c.hold("chats", chat_key):
+                chat = await self._held(chat_key)
         if chat is None:
             raise ChatNotFound(chat_id)
         return chat
 
     async def page(self, tenant_id: str, filters: ChatFilter, cursor: str | None, limit: int) -> Page:
-        clauses: list[Document] = [{"tenant_id": tenant_id}]
-        if filters.unread:
-            clauses.append({"unread_count": {"$gt": 0}})
-        if filters.tag:
-            clauses.append({"contact.tags": filters.tag})
-        if filters.list_id:
-            clauses.append({"contact.lists.list_id": filters.list_id})
-        if filters.search:
-            pattern = {"$regex": re.escape(filters.search.strip()), "$options": "i"}
-            digits = re.sub(r"\D", "", filters.search)
-            by_text: list[Document] = [
-                {"contact.name": pattern},
-                {"contact.profile_name": pattern},
-                {"profile_name": pattern},
-            ]
-            if digits:
-                by_text.append({"wa_id": {"$regex": re.escape(digits)}})
-            clauses.append({"$or": by_text})
-        base = {"$and": clauses} if len(clauses) > 1 else clauses[0]
-        query = page_filter(base, cursor, "last_activity_at")
-        docs = await (
-            self._c.chats.find(query, {"applied": 0, "outbox": 0})
-            .sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
-            .limit(limit + 1)
-            .to_list()
+        """Newest activity first, filtered; the cursor resumes strictly after the last chat returned."""
+        after = domain.decode_cursor(cursor) if cursor is not None else None
+        await self._settle()
+        items, resume = self._index.page(tenant_id, matcher(filters), after, limit)
+        return Page(
+            [{k: v for k, v in chat.items() if k != "applied"} for chat in items],
+            domain.encode_cursor(*resume) if resume is not None else None,
         )
-        items, cursor_out = next_cursor(docs, limit, "last_activity_at")
-        return Page(items, cursor_out)
 
     async def contact(self, tenant_id: str, wa_id: str) -> Document | None:
         return await self._c.contacts.find_one({"_id": key(tenant_id, wa_id)})
@@ -216,33 +225,39 @@ class ChatRepository:
     async def ensure(
         self, tenant_id: str, phone_number_id: str, wa_id: str, *, profile_name: str | None = None
     ) -> Document:
-        """The chat with this customer on this number, created if new (safe to race: the id is derived).
-
-        Returns at least `_id` and `chat_id`; chats are never deleted, so one known to exist is not read again.
-        """
+        """The chat with this customer on this number, created if new (safe to race: the id is derived)."""
         chat_id = domain.chat_id_for(tenant_id, phone_number_id, wa_id)
         chat_key = key(tenant_id, chat_id)
-        if chat_key in self._known:
-            return {"_id": chat_key, "chat_id": chat_id}
-        chat = await self._c.chats.find_one({"_id": chat_key})
-        if chat is None:
-            chat = self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, profile_name)
-            try:
-                await self._c.chats.insert_one(chat)
-            except DuplicateKeyError:
-                return await self.get(tenant_id, chat_id)
-            await self._copy_contact(tenant_id, chat_id, wa_id)
-        self._known.add(chat_key)
-        return chat
+        chat = self._index.get(chat_key)
+        if chat is not None and chat_key not in self._unsure:
+            return chat
+        async with self._c.hold("chats", chat_key):
+            chat = await self._held(chat_key)
+            if chat is not None:
+                return chat
+            chat = await self._create(self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, profile_name))
+            if chat is None:
+                return await self._existing(chat_key, chat_id)
+        await self._copy_contact(tenant_id, chat_id, wa_id)
+        return await self.get(tenant_id, chat_id)
+
+    async def _create(self, chat: Document) -> Document | None:
+        """Inserts a new chat (its lock held) and keeps it; None if it existed already (it is read again)."""
+        try:
+            await self._c.chats.insert_one(chat)
+        except BaseException as exc:
+            self._unsure.add(chat["_id"])
+            if isinstance(exc, DuplicateKeyError):
+                return None
+            raise
+        return self._index.put(chat)
 
     async def open_by_phone(
         self, tenant_id: str, phone_number_id: str, wa_id: str, opened_by: str
     ) -> tuple[Document, bool]:
         """An agent starts a chat: returns (chat, created); a new one announces chat.opened in its outbox."""
         chat_id = domain.chat_id_for(tenant_id, phone_number_id, wa_id)
-        existing = await self._c.chats.find_one({"_id": key(tenant_id, chat_id)})
-        if existing is not None:
-            return existing, False
+        chat_key = key(tenant_id, chat_id)
         now = self._clock()
         event = ChatOpenedEvent.new(
             tenant_id=tenant_id,
@@ -256,12 +271,14 @@ class ChatRepository:
             event_id=derived_event_id("chat.opened", tenant_id, chat_id),
             clock=lambda: now,
         )
-        chat = self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None) | {"outbox": [outbox_entry(event)]}
-        try:
-            await self._c.chats.insert_one(chat)
-        except DuplicateKeyError:
-            return await self.get(tenant_id, chat_id), False
-        self._parked("chats", chat["_id"])
+        async with self._c.hold("chats", chat_key):
+            existing = await self._held(chat_key)
+            if existing is not None:
+                return existing, False
+            new = self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None) | {"outbox": [outbox_entry(event)]}
+            if await self._create(new) is None:
+                return await self._existing(chat_key, chat_id), False
+        self._parked("chats", chat_key)
         await self._copy_contact(tenant_id, chat_id, wa_id)
         return await self.get(tenant_id, chat_id), True
 
@@ -301,12 +318,10 @@ class ChatRepository:
 
     async def _set_contact(self, chat_key: str, view: Document, version: int) -> None:
         async with self._c.hold("chats", chat_key):
-            chat = await self._c.chats.find_one({"_id": chat_key})
-            self._forget(chat_key)
+            chat = await self._held(chat_key)
             if chat is not None and chat.get("contact_version", 0) < version:
-                await self._c.chats.update_one(
-                    {"_id": chat_key}, {"$set": {"contact": view, "contact_version": version}}
-                )
+                sets = {"contact": view, "contact_version": version}
+                await self._write(chat_key, {"$set": sets}, sets)
 
     # --- the contacts projection ---------------------------------------------------------------------------
     async def apply_contact(self, tenant_id: str, snapshot: ContactSnapshot) -> None:
@@ -360,7 +375,7 @@ class ChatRepository:
             states: dict[str, Document] = {}
             for chat_id, received in chats:
                 chat_key = key(tenant_id, chat_id)
-                chat = self._cache.get(chat_key) or await self.get(tenant_id, chat_id)
+                chat = await self._existing(chat_key, chat_id)
                 folded = self._fold_inbound(chat, received)
                 if folded is None:
                     continue  # every one of them was counted before
@@ -375,13 +390,10 @@ class ChatRepository:
                 await self._c.chats.bulk_write(writes, ordered=False)
             except BaseException:
                 # Some may be written: the next attempt reads those chats (and what they counted) again.
-                for chat_key in chat_keys:
-                    self._forget(chat_key)
+                self._unsure.update(chat_keys)
                 raise
-            for chat_key, state in states.items():
-                if len(self._cache) >= CACHED_CHATS:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[chat_key] = state
+            for state in states.values():
+                self._index.put(state)
         for chat_key in parked:
             self._parked("chats", chat_key)
 
@@ -497,15 +509,14 @@ class ChatRepository:
         at: datetime = last_message["at"]
         chat_key = key(tenant_id, chat_id)
         async with self._c.hold("chats", chat_key):
-            self._forget(chat_key)
-            chat = await self.get(tenant_id, chat_id)
+            chat = await self._existing(chat_key, chat_id)
             sets: Document = {}
             if chat.get("last_message_at") is None or chat["last_message_at"] <= at:
                 sets |= {"last_message": last_message, "last_message_at": at}
             if chat["last_activity_at"] < at:
                 sets["last_activity_at"] = at
             if sets:
-                await self._c.chats.update_one({"_id": chat_key}, {"$set": sets})
+                await self._write(chat_key, {"$set": sets}, sets)
 
     # --- read state --------------------------------------------------------------------------------------------
     async def mark_read(self, tenant_id: str, chat_id: str, read_by: str) -> Document:
@@ -516,8 +527,7 @@ class ChatRepository:
         """
         chat_key = key(tenant_id, chat_id)
         async with self._c.hold("chats", chat_key):
-            self._forget(chat_key)
-            chat = await self.get(tenant_id, chat_id)
+            chat = await self._existing(chat_key, chat_id)
             if chat["unread_count"] == 0 and not chat.get("manual_unread"):
                 return chat
             event = ChatReadEvent.new(
@@ -531,10 +541,13 @@ class ChatRepository:
                 ),
                 clock=self._clock,
             )
-            cleared = {"unread_count": 0, "manual_unread": False, "manual_unread_ids": [], "read_at": self._clock()}
-            await self._c.chats.update_one(
-                {"_id": chat_key}, {"$set": cleared, "$push": {"outbox": outbox_entry(event)}}
-            )
+            cleared = {
+                "unread_count": 0,
+                "manual_unread": False,
+                "manual_unread_ids": [],
+                "read_at": domain.millis(self._clock()),
+            }
+            await self._write(chat_key, {"$set": cleared, "$push": {"outbox": outbox_entry(event)}}, cleared)
         self._parked("chats", chat_key)
         for message_id in chat.get("manual_unread_ids", []):
             message_key = key(tenant_id, message_id)
@@ -543,17 +556,18 @@ class ChatRepository:
         return await self.get(tenant_id, chat_id)
 
     async def unread_chat_ids(self, tenant_id: str) -> list[str]:
-        docs = await self._c.chats.find(
-            {"tenant_id": tenant_id, "$or": [{"unread_count": {"$gt": 0}}, {"manual_unread": True}]}, {"chat_id": 1}
-        ).to_list()
-        return [d["chat_id"] for d in docs]
+        await self._settle()
+        return [
+            chat["chat_id"]
+            for chat in self._index.tenant(tenant_id)
+            if chat["unread_count"] > 0 or chat.get("manual_unread")
+        ]
 
     async def mark_unread(self, tenant_id: str, chat_id: str, message_id: str, marked_by: str) -> Document:
         """At least one unread, so the chat stays unread until someone reads it; announces chat.unread."""
         chat_key = key(tenant_id, chat_id)
         async with self._c.hold("chats", chat_key):
-            self._forget(chat_key)
-            chat = await self.get(tenant_id, chat_id)
+            chat = await self._existing(chat_key, chat_id)
             count = max(chat["unread_count"], 1)
             event = ChatUnreadEvent.new(
                 tenant_id=tenant_id,
@@ -567,13 +581,8 @@ class ChatRepository:
                 clock=self._clock,
             )
             marked = [i for i in chat.get("manual_unread_ids", []) if i != message_id] + [message_id]
-            await self._c.chats.update_one(
-                {"_id": chat_key},
-                {
-                    "$set": {"unread_count": count, "manual_unread": True, "manual_unread_ids": marked},
-                    "$push": {"outbox": outbox_entry(event)},
-                },
-            )
+            sets = {"unread_count": count, "manual_unread": True, "manual_unread_ids": marked}
+            await self._write(chat_key, {"$set": sets, "$push": {"outbox": outbox_entry(event)}}, sets)
         self._parked("chats", chat_key)
         return await self.get(tenant_id, chat_id)
 
@@ -581,14 +590,12 @@ class ChatRepository:
     async def sweep_windows(self, tenant_id: str, now: datetime, lead: timedelta) -> int:
         """Announces window.closing and window.closed for this tenant's chats; returns how many it announced."""
         announced = 0
-        due = await self._c.chats.find(
-            {
-                "tenant_id": tenant_id,
-                "window_state": {"$in": ["open", "closing"]},
-                "window_expires_at": {"$lte": now + lead},
-            },
-            {"applied": 0, "outbox": 0},
-        ).to_list()
+        await self._settle()
+        due = [
+            chat
+            for chat in self._index.tenant(tenant_id)
+            if chat["window_state"] in ("open", "closing") and chat["window_expires_at"] <= now + lead
+        ]
         for chat in due:
             expires: datetime = chat["window_expires_at"]
             phase = domain.window_phase(expires, now, lead)
@@ -597,13 +604,11 @@ class ChatRepository:
             cls = WindowClosedEvent if phase == "closed" else WindowClosingEvent
             event = self._window_event(cls, chat, expires, at=expires if phase == "closed" else now)
             async with self._c.hold("chats", chat["_id"]):
-                self._forget(chat["_id"])
-                held = await self._c.chats.find_one({"_id": chat["_id"]})
+                held = await self._held(chat["_id"])
                 if held is None or (held["window_state"], held["window_expires_at"]) != (chat["window_state"], expires):
                     continue  # the customer wrote meanwhile: the window moved
-                await self._c.chats.update_one(
-                    {"_id": chat["_id"]}, {"$set": {"window_state": phase}, "$push": {"outbox": outbox_entry(event)}}
-                )
+                sets = {"window_state": phase}
+                await self._write(chat["_id"], {"$set": sets, "$push": {"outbox": outbox_entry(event)}}, sets)
             self._parked("chats", chat["_id"])
             announced += 1
         return announced
