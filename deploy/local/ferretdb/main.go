@@ -13,6 +13,7 @@ import (
 	_ "net/http/pprof" // served only when --debug-addr is set
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
@@ -51,6 +52,13 @@ func main() {
 	})
 	if err != nil {
 		log.Fatal(err)
+	}
+
+	// Go's default (GOGC=100) collects whenever the heap doubles; FerretDB's heap is small and its garbage is
+	// mostly decoded documents, so under load it collected constantly. 400 takes about a fifth off the CPU of an
+	// update for tens of MB more memory. GOGC in the environment still decides.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
 	}
 
 	if *debugAddr != "" {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's three fixes to it.
+# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's six fixes to it.
 #
 # The first fix: FerretDB v1.24's SQLite backend finds a document by _id with `_ferretdb_sjson->'$._id' = ?`
 # (find, update and delete), but creates the collection's unique _id index on `_ferretdb_sjson->"_id"`.
@@ -50,3 +50,65 @@ grep -qxF "$before" "$file" || { echo "patch.sh: $file has changed; review the r
 sed -i 's|^\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)$|\t\tdocs, err := iterator.ConsumeValues(iter) // waflow: the read is closed before the write\n\t\tif err != nil {\n\t\t\treturn 0, 0, nil, lazyerrors.Error(err)\n\t\t}\n\n\t\tread := iterator.Values(iterator.ForSlice(docs))\n\t\tcloser.Add(read)\n\n\t\tresult, err := common.UpdateDocument(ctx, c, "update", read, \&u)|' "$file"
 grep -qF 'read := iterator.Values(iterator.ForSlice(docs))' "$file" ||
   { echo "patch.sh: the read-before-write fix did not apply" >&2; exit 1; }
+
+# The fourth fix: a find of `{_id: {$in: [...]}}` reads just those rows. FerretDB v1.24 sent SQLite only a filter
+# of one _id; anything else read and decoded the whole table, so one page of a chat's timeline (its messages by
+# _id) took seconds once the collection held tens of thousands of messages. The handler still applies the whole
+# filter to what SQLite returns, so the narrower read changes no answer.
+file="$dest/internal/backends/sqlite/collection.go"
+[ "$(grep -cxF $'\tq += whereClause' "$file")" = 1 ] ||
+  { echo "patch.sh: $file has changed; review the _id \$in fix" >&2; exit 1; }
+sed -i 's|^\tq += whereClause$|\tif whereClause == "" { // waflow: {_id: {$in: [...]}} through the _id index\n\t\twhereClause, args = waflowIDsIn(params.Filter)\n\t}\n\n&|' "$file"
+cat >>"$file" <<'GO'
+
+// waflowIDsIn returns the WHERE clause and arguments for a filter that is exactly {_id: {$in: [ids]}} of strings
+// or ObjectIDs (at most 1,000), or nothing.
+func waflowIDsIn(filter *types.Document) (string, []any) {
+	if filter.Len() != 1 {
+		return "", nil
+	}
+	v, _ := filter.Get("_id")
+	cond, ok := v.(*types.Document)
+	if !ok || cond.Len() != 1 {
+		return "", nil
+	}
+	in, _ := cond.Get("$in")
+	ids, ok := in.(*types.Array)
+	if !ok || ids.Len() == 0 || ids.Len() > 1000 {
+		return "", nil
+	}
+	args := make([]any, 0, ids.Len())
+	for i := 0; i < ids.Len(); i++ {
+		id := must.NotFail(ids.Get(i))
+		switch id.(type) {
+		case string, types.ObjectID:
+			args = append(args, string(must.NotFail(sjson.MarshalSingleValue(id))))
+		default:
+			return "", nil
+		}
+	}
+	return fmt.Sprintf(` WHERE %s IN (?%s)`, metadata.IDColumn, strings.Repeat(", ?", len(args)-1)), args
+}
+GO
+grep -qF 'whereClause, args = waflowIDsIn(params.Filter)' "$file" ||
+  { echo "patch.sh: the _id \$in fix did not apply" >&2; exit 1; }
+
+# The fifth fix: SQL statements are logged only when debug logging is on. FerretDB v1.24 built each statement's
+# debug record before asking whether anyone wanted it (`l.With(args...).DebugContext(...)`), which quoted every
+# argument, whole documents included, on every statement: a tenth of the CPU of an update.
+for file in "$dest/internal/util/fsql/db.go" "$dest/internal/util/fsql/tx.go"; do
+  [ "$(grep -c 'l.With(fields...).DebugContext(ctx, fmt.Sprintf(' "$file")" = 6 ] ||
+    { echo "patch.sh: $file has changed; review the debug logging fix" >&2; exit 1; }
+  sed -i -E 's/(tx|db)\.l\.With\(fields\.\.\.\)\.DebugContext\(ctx, (fmt\.Sprintf\("(>>>|<<<) %s", query\))\)/\1.l.DebugContext(ctx, \2, fields...)/' "$file"
+  ! grep -qF 'With(fields...)' "$file" || { echo "patch.sh: the debug logging fix did not apply" >&2; exit 1; }
+done
+
+# The sixth fix: release builds do not track the lifetime of every iterator and connection object. FerretDB v1.24
+# added each one to a pprof profile (capturing its stack) and set a finalizer that panics if the object is
+# collected unclosed, on every query: about a tenth of the CPU of an update. Debug builds keep the tracking.
+file="$dest/internal/util/resource/resource.go"
+[ "$(grep -cxF $'\tcheckArgs(obj, token)' "$file")" = 2 ] ||
+  { echo "patch.sh: $file has changed; review the resource tracking fix" >&2; exit 1; }
+sed -i 's|^\tcheckArgs(obj, token)$|&\n\n\tif !debugbuild.Enabled { // waflow: tracking only in debug builds\n\t\treturn\n\t}|' "$file"
+[ "$(grep -cF 'if !debugbuild.Enabled { // waflow' "$file")" = 2 ] ||
+  { echo "patch.sh: the resource tracking fix did not apply" >&2; exit 1; }
