@@ -11,7 +11,8 @@ hide queueing) to when the chat API first shows it. Visibility is read from the 
 bench never marks chats read, so a chat's unread count is how many of its messages are visible, and the k-th
 message sent to a customer counts as visible when that chat's count first reaches k (the resolution is the poll
 interval). At the end every chat's timeline is read in full and compared with what was sent: lost = sent but
-absent, duplicated = shown more than once. Events/s is conversation's consumer counter over the busy period.
+absent, duplicated = shown more than once; the time each of those page reads took is printed too. Events/s is
+conversation's consumer counter over the busy period.
 Prints figures; asserts nothing.
 """
 
@@ -133,22 +134,25 @@ async def poll_visibility(http: httpx.AsyncClient, base: str, load: Load, stop: 
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - now)))
 
 
-async def audit(http: httpx.AsyncClient, base: str, load: Load) -> tuple[int, int, int]:
-    """Reads every chat's full timeline: (unique messages shown, lost, duplicated)."""
+async def audit(http: httpx.AsyncClient, base: str, load: Load) -> tuple[int, int, int, list[float]]:
+    """Reads every chat's full timeline: (unique messages shown, lost, duplicated, ms per page read)."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     shown: list[str] = []
+    page_ms: list[float] = []
     for chat_id in load.chat_ids.values():
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"limit": 200} | ({"cursor": cursor} if cursor else {})
+            began = time.perf_counter()
             page = (await http.get(f"{base}/v1/chats/{chat_id}/messages", headers=headers, params=params)).json()
+            page_ms.append((time.perf_counter() - began) * 1000)
             shown += [item["wamid"] for item in page["items"] if item["kind"] == "message"]
             cursor = page["next_cursor"]
             if cursor is None:
                 break
     unique = set(shown)
     lost = len(set(load.wamids) - unique)
-    return len(unique), lost, len(shown) - len(unique)
+    return len(unique), lost, len(shown) - len(unique), page_ms
 
 
 async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
@@ -218,7 +222,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             await poller
             busy_until = max((v[-1] for v in load.visible.values() if v), default=time.monotonic())
             events_after = await consumed_events(http, ports["conversation"])
-            unique, lost, duplicated = await audit(http, base, load)
+            unique, lost, duplicated, page_ms = await audit(http, base, load)
     finally:
         for p in procs:
             p.terminate()
@@ -242,6 +246,10 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
         f"(measured {len(latencies)})"
     )
     print(f"  in timelines: {unique} unique   lost {lost}   duplicated {duplicated}   (targets: 0 and 0)")
+    print(
+        f"  reading them, idle: a timeline page of up to 200 items in p50 {pct(page_ms, 50):.0f} ms   "
+        f"p99 {pct(page_ms, 99):.0f} ms   ({len(page_ms)} pages)"
+    )
     busy = max(busy_until - started, 1e-9)
     print(
         f"  consumer: {events_after - events_before:.0f} events in {busy:.1f} s = "
