@@ -21,7 +21,7 @@ from typing import Any
 
 Document = dict[str, Any]
 SortKey = tuple[datetime, str]  # (last_activity_at, _id): the chat list's order, newest first
-Matcher = Callable[[Document], bool]
+Matcher = Callable[[Document, str], bool]  # (chat, its searchable names)
 
 NOT_KEPT = ("outbox",)
 
@@ -34,32 +34,39 @@ class ChatFilter:
     search: str | None = None
 
 
+def searchable(chat: Document) -> str:
+    """The names a search looks in (the contact's name and profile name, the chat's profile name), lower-cased."""
+    contact = chat.get("contact") or {}
+    names = (contact.get("name"), contact.get("profile_name"), chat.get("profile_name"))
+    return "\0".join(name.lower() for name in names if isinstance(name, str))
+
+
 def matcher(filters: ChatFilter) -> Matcher:
-    """The chat list's filters, all of which must hold (the same rules a MongoDB query of them would apply)."""
+    """The chat list's filters, all of which must hold: a tag, a list, unread, and a search that is part of a
+    name (any case) or whose digits are part of the phone number."""
     tests: list[Matcher] = []
     if filters.unread:
-        tests.append(lambda chat: chat.get("unread_count", 0) > 0)
+        tests.append(lambda chat, _: chat.get("unread_count", 0) > 0)
     if filters.tag:
         tag = filters.tag
-        tests.append(lambda chat: tag in ((chat.get("contact") or {}).get("tags") or ()))
+        tests.append(lambda chat, _: tag in ((chat.get("contact") or {}).get("tags") or ()))
     if filters.list_id:
         list_id = filters.list_id
         tests.append(
-            lambda chat: any(ref.get("list_id") == list_id for ref in ((chat.get("contact") or {}).get("lists") or ()))
+            lambda chat, _: any(
+                ref.get("list_id") == list_id for ref in ((chat.get("contact") or {}).get("lists") or ())
+            )
         )
     if filters.search:
-        text = re.compile(re.escape(filters.search.strip()), re.IGNORECASE)
+        needle = filters.search.strip().lower()
         digits = re.sub(r"\D", "", filters.search)
-
-        def found(chat: Document) -> bool:
-            contact = chat.get("contact") or {}
-            names = (contact.get("name"), contact.get("profile_name"), chat.get("profile_name"))
-            if any(isinstance(name, str) and text.search(name) for name in names):
-                return True
-            return bool(digits) and digits in str(chat.get("wa_id", ""))
-
-        tests.append(found)
-    return lambda chat: all(test(chat) for test in tests)
+        if digits:
+            tests.append(lambda chat, names: needle in names or digits in chat.get("wa_id", ""))
+        else:
+            tests.append(lambda chat, names: needle in names)
+    if len(tests) <= 1:  # the usual case, and a search walks every chat: no generator per chat
+        return tests[0] if tests else lambda chat, names: True
+    return lambda chat, names: all(test(chat, names) for test in tests)
 
 
 class ChatIndex:
@@ -67,6 +74,7 @@ class ChatIndex:
 
     def __init__(self) -> None:
         self._docs: dict[str, Document] = {}
+        self._names: dict[str, str] = {}  # what a search looks in, made once per change, not once per search
         self._order: defaultdict[str, list[SortKey]] = defaultdict(list)
 
     def __len__(self) -> int:
@@ -84,12 +92,13 @@ class ChatIndex:
         new_key: SortKey = (kept["last_activity_at"], chat_key)
         if old is not None:
             old_key: SortKey = (old["last_activity_at"], chat_key)
-            if old_key == new_key:
-                self._docs[chat_key] = kept
-                return kept
-            del order[bisect.bisect_left(order, old_key)]
-        bisect.insort(order, new_key)
+            if old_key != new_key:
+                del order[bisect.bisect_left(order, old_key)]
+                bisect.insort(order, new_key)
+        else:
+            bisect.insort(order, new_key)
         self._docs[chat_key] = kept
+        self._names[chat_key] = searchable(kept)
         return kept
 
     def update(self, chat_key: str, sets: Document) -> Document:
@@ -98,6 +107,7 @@ class ChatIndex:
 
     def drop(self, chat_key: str) -> None:
         old = self._docs.pop(chat_key, None)
+        self._names.pop(chat_key, None)
         if old is not None:
             order = self._order[old["tenant_id"]]
             del order[bisect.bisect_left(order, (old["last_activity_at"], chat_key))]
@@ -117,8 +127,9 @@ class ChatIndex:
         items: list[Document] = []
         while position > 0:
             position -= 1
-            chat = self._docs[order[position][1]]
-            if matches(chat):
+            chat_key = order[position][1]
+            chat = self._docs[chat_key]
+            if matches(chat, self._names[chat_key]):
                 if len(items) == limit:
                     last = items[-1]
                     return items, (last["last_activity_at"], last["_id"])

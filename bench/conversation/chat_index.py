@@ -1,0 +1,100 @@
+"""Benchmark conversation's in-memory chat list (ChatIndex) at one large tenant's size: memory per chat, a first
+page, a search that matches nothing (it walks every chat), and moving a chat to the top.
+
+    uv run python -m bench.conversation.chat_index [--chats 100000]
+
+In-process, no servers. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from waflow_conversation.chat_index import ChatFilter, ChatIndex, matcher
+
+NOW = datetime.now(UTC)
+
+
+def chat(n: int) -> dict[str, Any]:
+    """A chat as conversation keeps it, with a contact of two tags, one list and one field."""
+    wamid = "wamid.BENCH" + uuid.uuid4().hex
+    return {
+        "_id": f"tenant_bench:ch_{n:024x}",
+        "chat_id": f"ch_{n:024x}",
+        "tenant_id": "tenant_bench",
+        "phone_number_id": "900000000000091",
+        "wa_id": f"1555{n:07d}",
+        "profile_name": f"Customer {n}",
+        "created_at": NOW,
+        "contact": {
+            "contact_id": f"ct_{n:024x}",
+            "name": f"Name {n}",
+            "profile_name": f"Customer {n}",
+            "phone_e164": f"+1555{n:07d}",
+            "tags": ["vip", "lead"],
+            "lists": [{"list_id": "l_news", "name": "Newsletter"}],
+            "fields": {"city": "Milan"},
+            "deleted": False,
+            "blacklisted": False,
+        },
+        "contact_version": 3,
+        "last_activity_at": NOW + timedelta(seconds=n),
+        "last_message": {"message_id": f"msg_{n:024x}", "wamid": wamid, "direction": "in", "type": "text"}
+        | {"preview": "a message preview of some length", "at": NOW},
+        "last_message_at": NOW,
+        "unread_count": n % 3,
+        "manual_unread": False,
+        "manual_unread_ids": [],
+        "last_inbound_wamid": wamid,
+        "last_inbound_at": NOW,
+        "window_opened_at": NOW,
+        "window_expires_at": NOW,
+        "window_state": "open",
+        "applied": [f"msg_{uuid.uuid4().hex[:24]}" for _ in range(8)],
+    }
+
+
+def timed(runs: int, f: Any) -> float:
+    began = time.perf_counter()
+    for _ in range(runs):
+        f()
+    return (time.perf_counter() - began) / runs * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chats", type=int, default=100_000)
+    args = parser.parse_args()
+
+    tracemalloc.start()
+    index = ChatIndex()
+    for n in range(args.chats):
+        index.put(chat(n))
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    per_chat = held / args.chats / 1000
+    print(f"chat index: {args.chats} chats of one tenant, {held / 1e6:.0f} MB = {per_chat:.1f} KB a chat")
+
+    def page(filters: ChatFilter) -> None:
+        index.page("tenant_bench", matcher(filters), None, 50)
+
+    print(f"  first page of 50: {timed(200, lambda: page(ChatFilter())):.2f} ms")
+    print(f"  first page of 50 unread: {timed(200, lambda: page(ChatFilter(unread=True))):.2f} ms")
+    print(f"  a search that matches no chat: {timed(5, lambda: page(ChatFilter(search='nobody'))):.0f} ms")
+    print(f"  a tag no chat has: {timed(5, lambda: page(ChatFilter(tag='absent'))):.0f} ms")
+    moves = iter(range(10**9))
+
+    def move() -> None:
+        n = next(moves) % args.chats
+        index.update(f"tenant_bench:ch_{n:024x}", {"last_activity_at": NOW + timedelta(days=1, microseconds=n)})
+
+    print(f"  a chat moved to the top: {timed(2_000, move) * 1000:.0f} µs")
+
+
+if __name__ == "__main__":
+    main()
