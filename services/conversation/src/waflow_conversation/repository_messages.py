@@ -1,11 +1,11 @@
 """Messages in MongoDB: inbound messages, sending, delivery statuses (orphans included), the timeline, notes.
 
 Same rules as repository.py: documents are read and written by `_id` alone, each write under its document's
-lock. On FerretDB even a lookup by `_id` walks the collection (measured: ~20 ms at 6k messages, growing with it;
-inserts stay under 1 ms because the unique `_id` check is SQLite's), so the hot path only *inserts* into the
-growing collections, and what must be looked up there is kept in memory (`TimelineIndex`: each chat's timeline
-entries, reactions and every wamid), rebuilt from one scan at start. A timeline page then reads its documents
-with a single `$in` query.
+lock. On FerretDB v1.24 as released even a lookup by `_id` walked the collection (~20 ms at 6k messages, growing
+with it; our build fixes that and `$in` on `_id`, see deploy/local/ferretdb/patch.sh), so the hot path only
+*inserts* into the growing collections, and what must be looked up there is kept in memory (`TimelineIndex`: each
+chat's timeline entries, reactions and every wamid), rebuilt from one scan at start. A timeline page then reads
+its documents with a single `$in` query on `_id`.
 """
 
 from __future__ import annotations
