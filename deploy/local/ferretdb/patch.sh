@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's six fixes to it.
+# Copies FerretDB's module source from the Go module cache into $1 and applies waflow's seven fixes to it.
 #
 # The first fix: FerretDB v1.24's SQLite backend finds a document by _id with `_ferretdb_sjson->'$._id' = ?`
 # (find, update and delete), but creates the collection's unique _id index on `_ferretdb_sjson->"_id"`.
@@ -112,3 +112,13 @@ file="$dest/internal/util/resource/resource.go"
 sed -i 's|^\tcheckArgs(obj, token)$|&\n\n\tif !debugbuild.Enabled { // waflow: tracking only in debug builds\n\t\treturn\n\t}|' "$file"
 [ "$(grep -cF 'if !debugbuild.Enabled { // waflow' "$file")" = 2 ] ||
   { echo "patch.sh: the resource tracking fix did not apply" >&2; exit 1; }
+
+# The seventh fix: an update command reports each upsert at the position of its statement in the command, as
+# MongoDB does. FerretDB v1.24 numbered the upserts instead (0, 1, 2...), so when a bulk mixed statements that
+# matched with statements that upserted, drivers pinned the upserted ids on the wrong operations.
+file="$dest/internal/handler/msg_update.go"
+grep -qxF $'\tfor _, u := range params.Updates {' "$file" && grep -qxF $'\t\t\t\t"index", int32(upserted.Len()),' "$file" ||
+  { echo "patch.sh: $file has changed; review the upsert index fix" >&2; exit 1; }
+sed -i 's|^\tfor _, u := range params.Updates {$|\tfor i, u := range params.Updates { // waflow: i is the statement'"'"'s position|' "$file"
+sed -i 's|^\t\t\t\t"index", int32(upserted.Len()),$|\t\t\t\t"index", int32(i),|' "$file"
+grep -qxF $'\t\t\t\t"index", int32(i),' "$file" || { echo "patch.sh: the upsert index fix did not apply" >&2; exit 1; }

@@ -1,7 +1,8 @@
 """What the services rely on from the MongoDB-protocol server, checked against the real one.
 
 Locally that is FerretDB with waflow's fixes (deploy/local/ferretdb/patch.sh): a find of `{_id: {$in: [...]}}`
-reads only those rows, which must not change which documents it answers with.
+reads only those rows, which must not change which documents it answers with, and an update command reports
+each upsert at its statement's position.
 """
 
 from __future__ import annotations
@@ -64,3 +65,19 @@ async def test_a_bulk_of_updates_changes_each_document_once(messages: AsyncColle
     changed = await messages.find({"_id": {"$in": [f"t1:m{n}" for n in range(200)]}}).to_list()
     assert sorted(doc["n"] for doc in changed) == [n + 10_000 for n in range(200)]
     assert all(doc["seen"] for doc in changed)
+
+
+async def test_a_bulk_reports_each_upsert_at_its_operations_position(
+    messages: AsyncCollection[dict[str, Any]],
+) -> None:
+    result = await messages.bulk_write(
+        [
+            UpdateOne({"_id": "t1:m1"}, {"$set": {"seen": True}}, upsert=True),  # matches
+            UpdateOne({"_id": "t1:new-a"}, {"$set": {"seen": True}}, upsert=True),  # upserts
+            UpdateOne({"_id": "t1:m2"}, {"$set": {"seen": True}}, upsert=True),  # matches
+            UpdateOne({"_id": "t1:new-b"}, {"$set": {"seen": True}}, upsert=True),  # upserts
+        ],
+        ordered=False,
+    )
+    assert result.upserted_ids == {1: "t1:new-a", 3: "t1:new-b"}
+    assert result.matched_count == 2
