@@ -11,52 +11,14 @@ from __future__ import annotations
 import argparse
 import time
 import tracemalloc
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from waflow_conversation.chat_index import ChatFilter, ChatIndex, matcher
 
+from bench.documents import chat_document
+
 NOW = datetime.now(UTC)
-
-
-def chat(n: int) -> dict[str, Any]:
-    """A chat as conversation keeps it, with a contact of two tags, one list and one field."""
-    wamid = "wamid.BENCH" + uuid.uuid4().hex
-    return {
-        "_id": f"tenant_bench:ch_{n:024x}",
-        "chat_id": f"ch_{n:024x}",
-        "tenant_id": "tenant_bench",
-        "phone_number_id": "900000000000091",
-        "wa_id": f"1555{n:07d}",
-        "profile_name": f"Customer {n}",
-        "created_at": NOW,
-        "contact": {
-            "contact_id": f"ct_{n:024x}",
-            "name": f"Name {n}",
-            "profile_name": f"Customer {n}",
-            "phone_e164": f"+1555{n:07d}",
-            "tags": ["vip", "lead"],
-            "lists": [{"list_id": "l_news", "name": "Newsletter"}],
-            "fields": {"city": "Milan"},
-            "deleted": False,
-            "blacklisted": False,
-        },
-        "contact_version": 3,
-        "last_activity_at": NOW + timedelta(seconds=n),
-        "last_message": {"message_id": f"msg_{n:024x}", "wamid": wamid, "direction": "in", "type": "text"}
-        | {"preview": "a message preview of some length", "at": NOW},
-        "last_message_at": NOW,
-        "unread_count": n % 3,
-        "manual_unread": False,
-        "manual_unread_ids": [],
-        "last_inbound_wamid": wamid,
-        "last_inbound_at": NOW,
-        "window_opened_at": NOW,
-        "window_expires_at": NOW,
-        "window_state": "open",
-        "applied": [f"msg_{uuid.uuid4().hex[:24]}" for _ in range(8)],
-    }
 
 
 def timed(runs: int, f: Any) -> float:
@@ -74,7 +36,7 @@ def main() -> None:
     tracemalloc.start()
     index = ChatIndex()
     for n in range(args.chats):
-        index.put(chat(n))
+        index.put(chat_document(n, NOW, contact=True))
     held, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     per_chat = held / args.chats / 1000

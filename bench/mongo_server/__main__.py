@@ -26,6 +26,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, UpdateOne
 
+from bench.documents import chat_document
 from bench.infra import INFRA, REPO, free_port
 
 
@@ -52,35 +53,6 @@ def server_cpu(pid_file: Path | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def chat(n: int, now: datetime) -> dict[str, Any]:
-    wamid = "wamid.BENCH" + uuid.uuid4().hex
-    return {
-        "_id": f"tenant_bench:ch_{n:024x}",
-        "chat_id": f"ch_{n:024x}",
-        "tenant_id": "tenant_bench",
-        "phone_number_id": "900000000000091",
-        "wa_id": f"1555{n:07d}",
-        "profile_name": f"Customer {n}",
-        "created_at": now,
-        "contact": None,
-        "contact_version": 0,
-        "last_activity_at": now,
-        "last_message": {"message_id": f"msg_{n:024x}", "wamid": wamid, "direction": "in", "type": "text"}
-        | {"preview": "message", "at": now},
-        "last_message_at": now,
-        "unread_count": 0,
-        "manual_unread": False,
-        "manual_unread_ids": [],
-        "last_inbound_wamid": wamid,
-        "last_inbound_at": now,
-        "window_opened_at": now,
-        "window_expires_at": now,
-        "window_state": "open",
-        "applied": [f"msg_{uuid.uuid4().hex[:24]}" for _ in range(8)],
-        "outbox": [],
-    }
-
-
 def message(n: int, now: datetime) -> dict[str, Any]:
     return {
         "_id": f"tenant_bench:msg_{n:024x}",
@@ -102,7 +74,7 @@ async def measure(args: argparse.Namespace, uri: str, pid_file: Path | None) -> 
     now = datetime.now(UTC)
     try:
         chats = db["chats"]
-        docs = [chat(n, now) for n in range(200)]
+        docs = [chat_document(n, now) for n in range(200)]
         await chats.insert_many(docs)
         wall, cpu, updates = 0.0, 0.0, 0
         for r in range(args.rounds):
