@@ -220,7 +220,7 @@ class Stack:
         return await eventually(find)
 
     async def preview_is(self, wa_id: str, text: str, tenant: SeededTenant = TENANT_A) -> bool:
-        """True once the chat's last message is this text (the chat itself may show up a moment earlier)."""
+        """True once the chat's last message is this text."""
         last = (await self.chat_for(wa_id, tenant)).get("last_message")
         return bool(last and last["preview"] == text)
 

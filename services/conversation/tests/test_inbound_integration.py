@@ -29,8 +29,11 @@ async def test_customer_message_opens_a_chat_with_the_window_open(stack: Stack) 
     event = stack.text(wa_id, sample["text"]["body"], wamid=new_wamid())
     async with TopicReader(stack.settings, topics.CONVERSATION) as conversation:
         await stack.publish(event)
-        # The chat appears first and counts the message a moment later (two writes): wait for the end state.
-        chat = await eventually(lambda: _counted(stack, wa_id, 1))
+        # A new chat appears with its first message counted, its window open and its timeline holding it.
+        chat = await stack.chat_for(wa_id)
+        assert chat["unread_count"] == 1  # never a new chat without its first message
+        items = await stack.timeline(chat["chat_id"])
+        assert len(items) == 1
         announced = await conversation.read(1)
     assert chat["unread_count"] == 1
     assert chat["window"]["open"] is True

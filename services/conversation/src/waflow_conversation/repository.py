@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -355,47 +355,87 @@ class ChatRepository:
 
     # --- inbound messages ------------------------------------------------------------------------------------
     async def apply_inbound(
-        self, tenant_id: str, chats: Sequence[tuple[str, Sequence[tuple[str, MessageReceived, Cause | None]]]]
+        self,
+        tenant_id: str,
+        chats: Sequence[tuple[str, Sequence[tuple[str, MessageReceived, Cause | None]]]],
+        *,
+        then: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Counts each message once, moves activity, preview and window; announces a window (re)opening.
 
+        A customer's first message creates the chat with that message already counted (and the contact's copy
+        from the projection), so no one ever sees a new chat without its first message or with its window shut.
         Each chat's messages (at most APPLIED_KEEP, so that all of them are still in `applied` when their records
         are redelivered) are folded into one update, and the updates of all the chats go in one bulk write: each
         update is a read-modify-write on FerretDB, and one command for many costs a third of one each.
+
+        `then` (storing the messages) runs after the chats are written and before anyone sees the new counts: the
+        chats stay locked and their new state is shown only once it returns, so a chat never lists a message that
+        its timeline does not have yet.
         """
         for _, received in chats:
             if len(received) > APPLIED_KEEP:
                 raise ValueError(f"at most {APPLIED_KEEP} messages per write, not {len(received)}")
         chat_keys = sorted({key(tenant_id, chat_id) for chat_id, _ in chats})
         parked: list[str] = []
+        try:
+            await self._apply_inbound(tenant_id, chats, chat_keys, parked, then)
+        finally:
+            for chat_key in parked:
+                self._parked("chats", chat_key)
+
+    async def _apply_inbound(
+        self,
+        tenant_id: str,
+        chats: Sequence[tuple[str, Sequence[tuple[str, MessageReceived, Cause | None]]]],
+        chat_keys: list[str],
+        parked: list[str],
+        then: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         async with contextlib.AsyncExitStack() as held:
             for chat_key in chat_keys:  # one order for every multi-chat writer: no deadlock
                 await held.enter_async_context(self._c.hold("chats", chat_key))
-            writes: list[UpdateOne] = []
+            writes: list[InsertOne[Document] | UpdateOne] = []
             states: dict[str, Document] = {}
             for chat_id, received in chats:
                 chat_key = key(tenant_id, chat_id)
-                chat = await self._existing(chat_key, chat_id)
+                chat = await self._held(chat_key)
+                new = chat is None
+                if chat is None:
+                    chat = await self._first_state(tenant_id, chat_id, received[0][1])
                 folded = self._fold_inbound(chat, received)
                 if folded is None:
                     continue  # every one of them was counted before
                 update, state, announces = folded
-                writes.append(UpdateOne({"_id": chat_key}, update))
+                if new:
+                    outbox = update.get("$push", {}).get("outbox", {}).get("$each", [])
+                    writes.append(InsertOne(state | {"outbox": outbox}))
+                else:
+                    writes.append(UpdateOne({"_id": chat_key}, update))
                 states[chat_key] = state
                 if announces:
                     parked.append(chat_key)
-            if not writes:
-                return
+            if writes:
+                try:
+                    await self._c.chats.bulk_write(writes, ordered=False)
+                except BaseException:
+                    # Some may be written: the next attempt reads those chats (and what they counted) again.
+                    self._unsure.update(chat_keys)
+                    raise
             try:
-                await self._c.chats.bulk_write(writes, ordered=False)
-            except BaseException:
-                # Some may be written: the next attempt reads those chats (and what they counted) again.
-                self._unsure.update(chat_keys)
-                raise
-            for state in states.values():
-                self._index.put(state)
-        for chat_key in parked:
-            self._parked("chats", chat_key)
+                if then is not None:
+                    await then()
+            finally:
+                for state in states.values():  # what the server holds now, whether or not `then` went through
+                    self._index.put(state)
+
+    async def _first_state(self, tenant_id: str, chat_id: str, m: MessageReceived) -> Document:
+        """A chat that a customer's message is about to create, showing the contact the projection holds."""
+        chat = self._new_chat(tenant_id, chat_id, m.phone_number_id, m.wa_id, m.profile_name)
+        contact = await self.contact(tenant_id, m.wa_id)
+        if contact is not None:
+            chat |= {"contact": contact["view"], "contact_version": contact["version"]}
+        return chat
 
     def _fold_inbound(
         self, chat: Document, received: Sequence[tuple[str, MessageReceived, Cause | None]]

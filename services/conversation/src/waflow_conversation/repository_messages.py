@@ -11,6 +11,7 @@ its documents with a single `$in` query on `_id`.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import re
@@ -197,11 +198,11 @@ class MessageRepository:
         for m, cause in received:
             if self._index.message_for(tenant_id, m.wamid) is not None:
                 continue  # stored and counted before
-            chat = await self._chats.ensure(tenant_id, m.phone_number_id, m.wa_id, profile_name=m.profile_name)
+            chat_id = domain.chat_id_for(tenant_id, m.phone_number_id, m.wa_id)  # created with its first message
             message_id = domain.inbound_message_id(tenant_id, m.wamid)
-            queued = by_chat.setdefault(chat["chat_id"], [])
+            queued = by_chat.setdefault(chat_id, [])
             if all(item[0] != message_id for item in queued):
-                queued.append((message_id, m, cause, self._inbound_doc(tenant_id, chat["chat_id"], message_id, m)))
+                queued.append((message_id, m, cause, self._inbound_doc(tenant_id, chat_id, message_id, m)))
         rounds: list[list[tuple[str, list[tuple[str, MessageReceived, Cause | None, Document]]]]] = []
         for chat_id, items in by_chat.items():
             for n, start in enumerate(range(0, len(items), APPLIED_KEEP)):
@@ -210,9 +211,10 @@ class MessageRepository:
                 rounds[n].append((chat_id, items[start : start + APPLIED_KEEP]))
         for chunks in rounds:
             await self._chats.apply_inbound(
-                tenant_id, [(chat_id, [(i, m, c) for i, m, c, _ in chunk]) for chat_id, chunk in chunks]
+                tenant_id,
+                [(chat_id, [(i, m, c) for i, m, c, _ in chunk]) for chat_id, chunk in chunks],
+                then=functools.partial(self._store, [doc for _, chunk in chunks for *_, doc in chunk]),
             )
-            await self._store([doc for _, chunk in chunks for *_, doc in chunk])
 
     async def _store(self, docs: list[Document]) -> None:
         if not docs:
