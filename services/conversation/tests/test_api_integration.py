@@ -12,6 +12,7 @@ import pytest
 from pymongo.errors import PyMongoError
 from waflow_common import topics
 from waflow_common.mongo import make_mongo_client, service_database
+from waflow_conversation import domain
 from waflow_conversation.chat_index import ChatFilter
 from waflow_conversation.main import DATABASE
 from waflow_conversation.repository import ChatRepository, Collections
@@ -293,8 +294,8 @@ async def test_a_failed_chat_write_makes_the_service_read_that_chat_again(stack:
     wa_id = new_wa_id()
     tenant_id = stack.a.tenant_id
     async with _restarted(stack) as chats:
-        chat = await chats.ensure(tenant_id, stack.a.phone_number_id, wa_id)
-        chat_id, chat_key = chat["chat_id"], chat["_id"]
+        chat_id = domain.chat_id_for(tenant_id, stack.a.phone_number_id, wa_id)
+        chat_key = f"{tenant_id}:{chat_id}"
         await chats.apply_inbound(tenant_id, [(chat_id, [("m1", stack.text(wa_id, "hi").payload, None)])])
         # Another writer leaves the chat in a state this copy does not know, and the server refuses the next write.
         raw = service_database(make_mongo_client(stack.settings), stack.settings, DATABASE)["chats"]

@@ -217,10 +217,10 @@ async def test_a_chat_counted_but_not_stored_before_a_crash_is_not_counted_twice
     wa_id = new_wa_id()
     events = [stack.text(wa_id, f"m{n}") for n in range(APPLIED_KEEP)]
     tenant_id = stack.a.tenant_id
-    chat = await stack.context.chats.ensure(tenant_id, stack.a.phone_number_id, wa_id)
-    # The process counted them on the chat and died before it stored them...
+    chat_id = domain.chat_id_for(tenant_id, stack.a.phone_number_id, wa_id)
+    # The process counted them on a new chat and died before it stored them...
     counted = [(domain.inbound_message_id(tenant_id, e.payload.wamid), e.payload, None) for e in events]
-    await stack.context.chats.apply_inbound(tenant_id, [(chat["chat_id"], counted)])
+    await stack.context.chats.apply_inbound(tenant_id, [(chat_id, counted)])
     # ...so Kafka redelivers the records to the next one.
     await stack.context.messages.record_inbound(tenant_id, [(e.payload, None) for e in events])
     settled = await eventually(lambda: _counted(stack, wa_id, APPLIED_KEEP))

@@ -222,25 +222,6 @@ class ChatRepository:
         return await self._c.contacts.find_one({"_id": key(tenant_id, wa_id)})
 
     # --- creating ---------------------------------------------------------------------------------------------
-    async def ensure(
-        self, tenant_id: str, phone_number_id: str, wa_id: str, *, profile_name: str | None = None
-    ) -> Document:
-        """The chat with this customer on this number, created if new (safe to race: the id is derived)."""
-        chat_id = domain.chat_id_for(tenant_id, phone_number_id, wa_id)
-        chat_key = key(tenant_id, chat_id)
-        chat = self._index.get(chat_key)
-        if chat is not None and chat_key not in self._unsure:
-            return chat
-        async with self._c.hold("chats", chat_key):
-            chat = await self._held(chat_key)
-            if chat is not None:
-                return chat
-            chat = await self._create(self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, profile_name))
-            if chat is None:
-                return await self._existing(chat_key, chat_id)
-        await self._copy_contact(tenant_id, chat_id, wa_id)
-        return await self.get(tenant_id, chat_id)
-
     async def _create(self, chat: Document) -> Document | None:
         """Inserts a new chat (its lock held) and keeps it; None if it existed already (it is read again)."""
         try:
