@@ -6,7 +6,8 @@ thing the service asked for: each page read, decoded and sorted the tenant's who
 server's CPU at 500 inbound messages/s with an agent's screen polling). Here a page walks a sorted list.
 
 The copy leaves out the outbox (the relay's business, not the screen's). Callers must not change the documents
-they get: writers hand a new state to `put`.
+they get, and a writer hands `put` a new dict that it does not change afterwards (kept as it is, unless it
+carries an outbox).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ Document = dict[str, Any]
 SortKey = tuple[datetime, str]  # (last_activity_at, _id): the chat list's order, newest first
 Matcher = Callable[[Document, str], bool]  # (chat, its searchable names)
 
-NOT_KEPT = ("outbox",)
+NOT_KEPT = "outbox"
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class ChatIndex:
 
     def put(self, chat: Document) -> Document:
         """Keeps this state of the chat (without its outbox) and returns what is kept."""
-        kept = {k: v for k, v in chat.items() if k not in NOT_KEPT}
+        kept = {k: v for k, v in chat.items() if k != NOT_KEPT} if NOT_KEPT in chat else chat
         chat_key: str = kept["_id"]
         order = self._order[kept["tenant_id"]]
         old = self._docs.get(chat_key)

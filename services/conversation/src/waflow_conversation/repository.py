@@ -213,10 +213,7 @@ class ChatRepository:
         after = domain.decode_cursor(cursor) if cursor is not None else None
         await self._settle()
         items, resume = self._index.page(tenant_id, matcher(filters), after, limit)
-        return Page(
-            [{k: v for k, v in chat.items() if k != "applied"} for chat in items],
-            domain.encode_cursor(*resume) if resume is not None else None,
-        )
+        return Page(items, domain.encode_cursor(*resume) if resume is not None else None)
 
     async def contact(self, tenant_id: str, wa_id: str) -> Document | None:
         return await self._c.contacts.find_one({"_id": key(tenant_id, wa_id)})
@@ -256,17 +253,20 @@ class ChatRepository:
             existing = await self._held(chat_key)
             if existing is not None:
                 return existing, False
-            new = self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None) | {"outbox": [outbox_entry(event)]}
-            if await self._create(new) is None:
+            new = await self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None)
+            created = await self._create(new | {"outbox": [outbox_entry(event)]})
+            if created is None:
                 return await self._existing(chat_key, chat_id), False
         self._parked("chats", chat_key)
-        await self._copy_contact(tenant_id, chat_id, wa_id)
-        return await self.get(tenant_id, chat_id), True
+        return created, True
 
-    def _new_chat(
+    async def _new_chat(
         self, tenant_id: str, chat_id: str, phone_number_id: str, wa_id: str, profile_name: str | None
     ) -> Document:
+        """A chat about to be created (its lock held), showing the contact the projection holds: a contact change
+        that lands meanwhile waits for the lock and then finds the chat."""
         now = domain.millis(self._clock())
+        contact = await self.contact(tenant_id, wa_id)
         return {
             "_id": key(tenant_id, chat_id),
             "chat_id": chat_id,
@@ -275,8 +275,8 @@ class ChatRepository:
             "wa_id": wa_id,
             "profile_name": profile_name,
             "created_at": now,
-            "contact": None,
-            "contact_version": 0,
+            "contact": contact["view"] if contact else None,
+            "contact_version": contact["version"] if contact else 0,
             "last_activity_at": now,
             "last_message": None,
             "last_message_at": None,
@@ -291,11 +291,6 @@ class ChatRepository:
             "applied": [],
             "outbox": [],
         }
-
-    async def _copy_contact(self, tenant_id: str, chat_id: str, wa_id: str) -> None:
-        contact = await self.contact(tenant_id, wa_id)
-        if contact is not None:
-            await self._set_contact(key(tenant_id, chat_id), contact["view"], contact["version"])
 
     async def _set_contact(self, chat_key: str, view: Document, version: int) -> None:
         async with self._c.hold("chats", chat_key):
@@ -383,7 +378,8 @@ class ChatRepository:
                 chat = await self._held(chat_key)
                 new = chat is None
                 if chat is None:
-                    chat = await self._first_state(tenant_id, chat_id, received[0][1])
+                    m = received[0][1]
+                    chat = await self._new_chat(tenant_id, chat_id, m.phone_number_id, m.wa_id, m.profile_name)
                 folded = self._fold_inbound(chat, received)
                 if folded is None:
                     continue  # every one of them was counted before
@@ -409,14 +405,6 @@ class ChatRepository:
             finally:
                 for state in states.values():  # what the server holds now, whether or not `then` went through
                     self._index.put(state)
-
-    async def _first_state(self, tenant_id: str, chat_id: str, m: MessageReceived) -> Document:
-        """A chat that a customer's message is about to create, showing the contact the projection holds."""
-        chat = self._new_chat(tenant_id, chat_id, m.phone_number_id, m.wa_id, m.profile_name)
-        contact = await self.contact(tenant_id, m.wa_id)
-        if contact is not None:
-            chat |= {"contact": contact["view"], "contact_version": contact["version"]}
-        return chat
 
     def _fold_inbound(
         self, chat: Document, received: Sequence[tuple[str, MessageReceived, Cause | None]]
