@@ -58,7 +58,13 @@ class Envelope(BaseModel, Generic[PayloadT]):
     payload: PayloadT
 
     def key(self) -> str:
-        """The Kafka key: by default the tenant and customer, so one chat stays in one partition."""
+        """The Kafka key: by default the tenant and customer, so one chat stays in one partition.
+
+        The customer is `waflow_common.customers.customer_id`: the BSUID (`user_id`) when the payload has one,
+        the wa_id otherwise."""
+        user_id = getattr(self.payload, "user_id", None)
+        if user_id:
+            return f"{self.tenant_id}:{user_id}"
         wa_id = getattr(self.payload, "wa_id", None)
         return f"{self.tenant_id}:{wa_id}" if wa_id is not None else str(self.tenant_id)
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from waflow_common import topics
+from waflow_common.customers import customer_id
 from waflow_common.events.envelope import Envelope, Payload
 
 
@@ -190,7 +191,11 @@ class MessageReceived(Payload):
     phone_number_id: str
     display_phone_number: str | None = None
     waba_id: str
-    wa_id: str = Field(description="the customer (Meta's `from`)")
+    wa_id: str = Field(description="the customer's number (Meta's `from`); empty when Meta gives only a BSUID")
+    user_id: str | None = Field(
+        default=None, description="business-scoped user id (Meta's `from_user_id` / `contacts[].user_id`)"
+    )
+    username: str | None = Field(default=None, description="the customer's WhatsApp username (`profile.username`)")
     profile_name: str | None = None
     type: str = Field(description="Meta's message type as sent")
     timestamp: AwareDatetime
@@ -209,6 +214,10 @@ class MessageReceived(Payload):
     def opens_window(self) -> bool:
         return self.content.type in self._WINDOW_TYPES
 
+    @property
+    def customer_id(self) -> str:
+        return customer_id(self.wa_id, self.user_id)
+
 
 StatusName = str  # sent | delivered | read | played | failed, or a newer one Meta adds
 
@@ -224,13 +233,18 @@ class MessageStatus(Payload):
     wamid: str
     phone_number_id: str
     waba_id: str
-    wa_id: str = Field(description="the recipient (Meta's `recipient_id`)")
+    wa_id: str = Field(description="the recipient (Meta's `recipient_id`); empty when Meta gives only a BSUID")
+    user_id: str | None = Field(default=None, description="the recipient's BSUID (Meta's `recipient_user_id`)")
     status: StatusName
     timestamp: AwareDatetime
     conversation: dict[str, Any] | None = None
     pricing: Pricing | None = None
     errors: list[MetaErrorDetail] = Field(default_factory=list)
     biz_opaque_callback_data: str | None = None
+
+    @property
+    def customer_id(self) -> str:
+        return customer_id(self.wa_id, self.user_id)
 
 
 class TemplateStatus(Payload):
