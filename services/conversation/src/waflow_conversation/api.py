@@ -18,8 +18,9 @@ from waflow_common.tenants import Tenant, TenantRegistry
 from waflow_conversation import domain
 from waflow_conversation.chat_index import ChatFilter
 from waflow_conversation.handlers import WindowSweeper
-from waflow_conversation.repository import ChatNotFound, ChatRepository, new_request_id
-from waflow_conversation.repository_messages import MessageNotFound, MessageRepository, NoteRepository
+from waflow_conversation.repository import ChatNotFound, ChatRepository, MessageNotFound, new_request_id
+from waflow_conversation.repository_messages import MessageRepository
+from waflow_conversation.repository_notes import NoteRepository
 from waflow_conversation.schemas import (
     SEND_EXAMPLES,
     ChatOut,

@@ -1,4 +1,7 @@
-"""Pure rules of a conversation: delivery status ordering, the 24-hour window, ids, previews, phone numbers."""
+"""Pure rules of a conversation: delivery status ordering, the 24-hour window, ids, previews, phone numbers.
+
+The rules for a customer's edits and deletions of their own messages are in domain_amendments.py.
+"""
 
 from __future__ import annotations
 
@@ -170,14 +173,20 @@ def counts_as_unread(content_type: str) -> bool:
     return content_type not in NOT_UNREAD
 
 
+# Reactions ride on the message they react to; edits and revokes change the message they name.
+NOT_OWN_ENTRY = frozenset({"reaction", "edit", "revoke"})
+
+
 def shown_as_own_entry(content_type: str) -> bool:
-    """Reactions are attached to the message they react to, not shown on their own."""
-    return content_type != "reaction"
+    """Whether a message of this type is an item of the timeline (and the chat's preview) on its own."""
+    return content_type not in NOT_OWN_ENTRY
 
 
 # --- previews ----------------------------------------------------------------------------------------------------
 
 PREVIEW_LENGTH = 120
+# What WhatsApp itself shows, in the chat and in the chat list, where the sender deleted a message.
+REVOKED_PREVIEW = "This message was deleted"
 
 
 def preview(content: dict[str, Any]) -> str:
@@ -208,6 +217,24 @@ def preview(content: dict[str, Any]) -> str:
             text = f"[{content.get('original_type') or kind}]"
     text = text or f"[{kind}]"
     return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
+
+
+def message_preview(message: dict[str, Any]) -> str:
+    """The line a chat list shows for a stored message: its current content, or that the customer deleted it."""
+    return REVOKED_PREVIEW if message.get("revoked_at") is not None else preview(message["content"])
+
+
+def last_message_view(message: dict[str, Any]) -> dict[str, Any]:
+    """What a chat shows of its last message (the chat document's `last_message`)."""
+    wamid = str(message["wamid"])
+    return {
+        "message_id": message["message_id"],
+        "wamid": None if wamid.startswith("pending:") else wamid,
+        "direction": message["direction"],
+        "type": message["type"],
+        "preview": message_preview(message),
+        "at": message["at"],
+    }
 
 
 # --- phone numbers ----------------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ from waflow_common.tenants import TenantRegistry
 from waflow_conversation.api import ConversationContext, install_domain_errors, router
 from waflow_conversation.handlers import GROUP_ID, ConversationHandlers, WindowSweeper
 from waflow_conversation.repository import ChatRepository, Collections
-from waflow_conversation.repository_messages import MessageRepository, NoteRepository, TimelineIndex
+from waflow_conversation.repository_messages import MessageRepository
+from waflow_conversation.repository_notes import NoteRepository
+from waflow_conversation.timeline_index import TimelineIndex
 
 DATABASE = "waflow_conversation"
 

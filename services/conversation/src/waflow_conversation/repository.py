@@ -69,6 +69,10 @@ class ChatNotFound(Exception):
     pass
 
 
+class MessageNotFound(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class Cause:
     """The event a change follows from, so the events it announces carry its correlation and causation."""
@@ -95,6 +99,8 @@ class Collections:
         self.contacts: AsyncCollection[Document] = db["contacts"]
         # Statuses that arrived before their message was known, by key(tenant, wamid).
         self.orphan_statuses: AsyncCollection[Document] = db["orphan_statuses"]
+        # Edits and revokes that arrived before the message they name, by key(tenant, that message's wamid).
+        self.held_amendments: AsyncCollection[Document] = db["held_amendments"]
 
     async def create_indexes(self) -> None:
         # Chats and messages are read by `_id` alone (lists and timelines come from memory), so an index of
@@ -527,6 +533,34 @@ class ChatRepository:
             if sets:
                 await self._write(chat_key, {"$set": sets}, sets)
 
+    async def replace_last_message(
+        self,
+        tenant_id: str,
+        chat_id: str,
+        message_id: str,
+        replacement: Callable[[], Awaitable[Document | None]],
+    ) -> None:
+        """If this message is the chat's last message, the chat shows `replacement()` instead: the message's new
+        state after an edit or a revoke, or the newest message still shown once this one is hidden (None: none).
+
+        `replacement` runs under the chat's lock, which inbound messages are counted and stored under too, so what
+        it finds is current and a message arriving meanwhile is never overwritten: the preview only ever moves
+        away from this message. (On MongoDB proper the same guard goes into the filter,
+        `{"_id": ..., "last_message.message_id": message_id}`; FerretDB answers only `_id` from an index.)
+        """
+        chat_key = key(tenant_id, chat_id)
+        kept = self._index.get(chat_key)
+        if kept is not None and chat_key not in self._unsure and not _shows(kept, message_id):
+            return  # the usual case: the message is not the chat's last one
+        async with self._c.hold("chats", chat_key):
+            chat = await self._held(chat_key)
+            if chat is None or not _shows(chat, message_id):
+                return
+            shown = await replacement()
+            sets: Document = {"last_message": shown, "last_message_at": shown["at"] if shown else None}
+            if (chat.get("last_message"), chat.get("last_message_at")) != (shown, sets["last_message_at"]):
+                await self._write(chat_key, {"$set": sets}, sets)
+
     # --- read state --------------------------------------------------------------------------------------------
     async def mark_read(self, tenant_id: str, chat_id: str, read_by: str) -> Document:
         """Zero unread and announce chat.read with the newest inbound wamid (outbound sends the read receipt).
@@ -621,6 +655,10 @@ class ChatRepository:
             self._parked("chats", chat["_id"])
             announced += 1
         return announced
+
+
+def _shows(chat: Document, message_id: str) -> bool:
+    return bool((chat.get("last_message") or {}).get("message_id") == message_id)
 
 
 def new_request_id() -> str:

@@ -1,4 +1,4 @@
-"""Messages in MongoDB: inbound messages, sending, delivery statuses (orphans included), the timeline, notes.
+"""Messages in MongoDB: inbound messages, sending, delivery statuses (orphans included), the timeline.
 
 Same rules as repository.py: documents are read and written by `_id` alone, each write under its document's
 lock. On FerretDB v1.24 as released even a lookup by `_id` walked the collection (~20 ms at 6k messages, growing
@@ -10,18 +10,12 @@ its documents with a single `$in` query on `_id`.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
 import json
-import re
-from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
 
-from pymongo import DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
-from waflow_common.events.conversation import NoteAdded, NoteAddedEvent
 from waflow_common.events.envelope import Clock
 from waflow_common.events.inbound import MessageReceived, MessageStatus
 from waflow_common.events.outbound import (
@@ -34,31 +28,33 @@ from waflow_common.events.outbound import (
 from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
+from waflow_conversation.domain_amendments import amends_another
 from waflow_conversation.repository import (
     APPLIED_KEEP,
     Cause,
     ChatRepository,
     Collections,
     Document,
+    MessageNotFound,
     Page,
     Parked,
     key,
-    next_cursor,
-    page_filter,
 )
+from waflow_conversation.repository_amendments import AmendmentRepository
+from waflow_conversation.timeline_index import TimelineIndex
 
 NOT_SHOWN = {"outbox": 0, "request_hash": 0}
 DUPLICATE_KEY = 11000
-
-
-class MessageNotFound(Exception):
-    pass
 
 
 def request_hash(message: OutgoingMessage, reply_to_wamid: str | None) -> str:
     """Fingerprint of a send request: a reused Idempotency-Key with a different message is refused."""
     canonical = json.dumps([message.model_dump(mode="json"), reply_to_wamid], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _chat_id(tenant_id: str, m: MessageReceived) -> str:
+    return domain.chat_id_for(tenant_id, m.phone_number_id, m.wa_id)
 
 
 def _report(status: MessageStatus) -> Document:
@@ -101,69 +97,6 @@ def _visible_state(message: Document, reports: list[Document]) -> Document:
     return sets
 
 
-Entry = tuple[datetime, str, str]  # (at, document key, "message" | "note")
-
-
-class TimelineIndex:
-    """Per chat, what its timeline shows, oldest first; rebuilt at start from one scan of messages and notes."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, list[Entry]] = defaultdict(list)
-        # chat key -> wamid reacted to -> (at, reaction message key); the latest reaction wins
-        self._reactions: dict[str, dict[str, tuple[datetime, str]]] = defaultdict(dict)
-        # key(tenant, wamid) -> message key
-        self._wamids: dict[str, str] = {}
-
-    def know_wamid(self, tenant_id: str, wamid: str, message_key: str) -> None:
-        self._wamids[key(tenant_id, wamid)] = message_key
-
-    def message_for(self, tenant_id: str, wamid: str) -> str | None:
-        return self._wamids.get(key(tenant_id, wamid))
-
-    def add(self, chat_key: str, at: datetime, doc_key: str, kind: str) -> None:
-        entries = self._entries[chat_key]
-        entry = (at, doc_key, kind)
-        position = bisect.bisect_left(entries, entry)
-        if position == len(entries) or entries[position] != entry:
-            entries.insert(position, entry)
-
-    def remove(self, chat_key: str, doc_key: str) -> None:
-        self._entries[chat_key] = [e for e in self._entries[chat_key] if e[1] != doc_key]
-
-    def react(self, chat_key: str, target_wamid: str, at: datetime, reaction_key: str) -> None:
-        current = self._reactions[chat_key].get(target_wamid)
-        if current is None or (at, reaction_key) > current:
-            self._reactions[chat_key][target_wamid] = (at, reaction_key)
-
-    def reaction(self, chat_key: str, wamid: str) -> str | None:
-        found = self._reactions.get(chat_key, {}).get(wamid)
-        return found[1] if found else None
-
-    def page(self, chat_key: str, cursor: str | None, limit: int) -> tuple[list[Entry], str | None]:
-        """Newest first, strictly older than the cursor."""
-        entries = self._entries.get(chat_key, [])
-        end = len(entries)
-        if cursor is not None:
-            at, doc_key = domain.decode_cursor(cursor)
-            end = bisect.bisect_left(entries, (at, doc_key, ""))
-        start = max(0, end - limit)
-        chosen = list(reversed(entries[start:end]))
-        more = start > 0
-        return chosen, domain.encode_cursor(chosen[-1][0], chosen[-1][1]) if more and chosen else None
-
-    def load(self, chat_key: str, doc: Document, kind: str) -> None:
-        if kind == "message" and not str(doc["wamid"]).startswith("pending:"):
-            self.know_wamid(doc["tenant_id"], doc["wamid"], doc["_id"])
-        if kind == "note":
-            self.add(chat_key, doc["at"], doc["_id"], "note")
-        elif doc.get("type") == "reaction":
-            target = (doc.get("content") or {}).get("message_id")
-            if target:
-                self.react(chat_key, target, doc["at"], doc["_id"])
-        elif not doc.get("hidden"):
-            self.add(chat_key, doc["at"], doc["_id"], "message")
-
-
 class MessageRepository:
     def __init__(
         self, collections: Collections, chats: ChatRepository, clock: Clock, parked: Parked, index: TimelineIndex
@@ -173,6 +106,7 @@ class MessageRepository:
         self._clock = clock
         self._parked = parked
         self._index = index
+        self.amendments = AmendmentRepository(collections, chats, index)
 
     async def load_index(self) -> None:
         """Reads every message and note once (at start) into the timeline index."""
@@ -181,6 +115,7 @@ class MessageRepository:
             self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "message")
         async for doc in self._c.notes.find({}, {"chat_id": 1, "tenant_id": 1, "at": 1}):
             self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "note")
+        await self.amendments.load()
 
     # --- inbound -------------------------------------------------------------------------------------------------
     async def record_inbound(self, tenant_id: str, received: Sequence[tuple[MessageReceived, Cause | None]]) -> None:
@@ -195,10 +130,11 @@ class MessageRepository:
         before are stored.
         """
         by_chat: dict[str, list[tuple[str, MessageReceived, Cause | None, Document]]] = {}
+        amendments = [m for m, _ in received if amends_another(m.content.type)]
         for m, cause in received:
-            if self._index.message_for(tenant_id, m.wamid) is not None:
-                continue  # stored and counted before
-            chat_id = domain.chat_id_for(tenant_id, m.phone_number_id, m.wa_id)  # created with its first message
+            if amends_another(m.content.type) or self._index.message_for(tenant_id, m.wamid) is not None:
+                continue  # an edit or revoke changes its message (below); or stored and counted before
+            chat_id = _chat_id(tenant_id, m)  # created with its first message
             message_id = domain.inbound_message_id(tenant_id, m.wamid)
             queued = by_chat.setdefault(chat_id, [])
             if all(item[0] != message_id for item in queued):
@@ -215,6 +151,11 @@ class MessageRepository:
                 [(chat_id, [(i, m, c) for i, m, c, _ in chunk]) for chat_id, chunk in chunks],
                 then=functools.partial(self._store, [doc for _, chunk in chunks for *_, doc in chunk]),
             )
+        # Once the messages are stored (and those of earlier records, which may have been stored by a process that
+        # stopped before this step): edits and revokes that came first, then the ones that came now.
+        await self.amendments.adopt(tenant_id, [m.wamid for m, _ in received])
+        for m in amendments:
+            await self.amendments.apply(tenant_id, _chat_id(tenant_id, m), m)
 
     async def _store(self, docs: list[Document]) -> None:
         if not docs:
@@ -484,7 +425,7 @@ class MessageRepository:
                     "message_id": q["message_id"] if q else None,
                     "direction": q["direction"] if q else None,
                     "type": q["type"] if q else None,
-                    "preview": domain.preview(q["content"]) if q and not q.get("hidden") else None,
+                    "preview": domain.message_preview(q) if q and not q.get("hidden") else None,
                 }
             out.append(m)
         return out
@@ -508,7 +449,18 @@ class MessageRepository:
                 await self._c.messages.update_one(
                     {"_id": message_key}, {"$set": {"hidden": True, "hidden_at": self._clock()}}
                 )
-        self._index.remove(key(tenant_id, chat_id), message_key)
+        chat_key = key(tenant_id, chat_id)
+        self._index.remove(chat_key, message_key)
+        # The chat list no longer shows it either: its last message is then the newest one still shown. Also on
+        # a repeated call, which mends a chat left as it was by a process stopped between the two writes.
+        await self._chats.replace_last_message(
+            tenant_id, chat_id, message_id, functools.partial(self._newest_shown, chat_key)
+        )
+
+    async def _newest_shown(self, chat_key: str) -> Document | None:
+        newest = self._index.newest_message(chat_key)
+        message = await self._c.messages.find_one({"_id": newest}, NOT_SHOWN) if newest else None
+        return domain.last_message_view(message) if message else None
 
     async def mark_unread(self, tenant_id: str, chat_id: str, message_id: str) -> None:
         message_key = key(tenant_id, message_id)
@@ -517,81 +469,3 @@ class MessageRepository:
             if message is None or message["chat_id"] != chat_id or message["hidden"]:
                 raise MessageNotFound(message_id)
             await self._c.messages.update_one({"_id": message_key}, {"$set": {"manual_unread": True}})
-
-
-class NoteRepository:
-    """Notes are append-only: there is no update or delete here, by design."""
-
-    def __init__(self, collections: Collections, clock: Clock, parked: Parked, index: TimelineIndex) -> None:
-        self._c = collections
-        self._clock = clock
-        self._parked = parked
-        self._index = index
-
-    async def add(self, chat: Document, note_id: str, author: str, text: str, correlation_id: str | None) -> Document:
-        now = domain.millis(self._clock())
-        event = NoteAddedEvent.new(
-            tenant_id=chat["tenant_id"],
-            payload=NoteAdded(
-                chat_id=chat["chat_id"],
-                phone_number_id=chat["phone_number_id"],
-                wa_id=chat["wa_id"],
-                note_id=note_id,
-                author=author,
-                text=text,
-                created_at=now,
-            ),
-            correlation_id=correlation_id,
-            clock=lambda: now,
-        )
-        doc: Document = {
-            "_id": key(chat["tenant_id"], note_id),
-            "note_id": note_id,
-            "tenant_id": chat["tenant_id"],
-            "chat_id": chat["chat_id"],
-            "author": author,
-            "text": text,
-            "at": now,
-            "outbox": [outbox_entry(event)],
-        }
-        await self._c.notes.insert_one(doc)
-        self._parked("notes", doc["_id"])
-        self._index.load(chat["_id"], doc, "note")
-        return doc
-
-    async def get(self, tenant_id: str, chat_id: str, note_id: str) -> Document | None:
-        note = await self._c.notes.find_one({"_id": key(tenant_id, note_id)}, {"outbox": 0})
-        return note if note is not None and note["chat_id"] == chat_id else None
-
-    async def page(
-        self,
-        tenant_id: str,
-        chat_id: str,
-        *,
-        text: str | None,
-        author: str | None,
-        since: datetime | None,
-        until: datetime | None,
-        cursor: str | None,
-        limit: int,
-    ) -> Page:
-        query: Document = {"tenant_id": tenant_id, "chat_id": chat_id}
-        if text:
-            query["text"] = {"$regex": re.escape(text), "$options": "i"}
-        if author:
-            query["author"] = author
-        if since or until:
-            window: Document = {}
-            if since:
-                window["$gte"] = since
-            if until:
-                window["$lt"] = until
-            query["at"] = window
-        docs = (
-            await self._c.notes.find(page_filter(query, cursor), {"outbox": 0})
-            .sort([("at", DESCENDING), ("_id", DESCENDING)])
-            .limit(limit + 1)
-            .to_list()
-        )
-        items, cursor_out = next_cursor(docs, limit)
-        return Page(items, cursor_out)

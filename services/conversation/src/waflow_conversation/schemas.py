@@ -221,6 +221,11 @@ class FailureOut(BaseModel):
     title: str | None = None
 
 
+class VersionOut(BaseModel):
+    content: MessageContentOut
+    at: datetime = Field(description="when this version was written (the message's time, or the edit's)")
+
+
 DeliveryStatus = Literal["pending", "accepted", "sent", "delivered", "read", "played", "failed"]
 
 
@@ -240,6 +245,9 @@ MESSAGE_EXAMPLE: dict[str, Any] = {
     "reply_to": None,
     "unread": False,
     "requested_by": "agent:giulia",
+    "edited_at": None,
+    "history": [],
+    "revoked_at": None,
 }
 
 
@@ -252,7 +260,9 @@ class MessageOut(BaseModel):
     wamid: str | None = Field(description="null until WhatsApp accepted an outgoing message")
     direction: Literal["in", "out"]
     type: str
-    content: MessageContentOut
+    content: MessageContentOut | None = Field(
+        description="what it shows now (the newest edit's text or caption); null once the customer deleted it"
+    )
     at: datetime = Field(description="Meta's timestamp for inbound messages; when the agent sent it for outbound")
     status: DeliveryStatus | None = Field(description="outgoing messages only")
     status_at: datetime | None
@@ -261,18 +271,26 @@ class MessageOut(BaseModel):
     reply_to: QuotedMessageOut | None
     unread: bool = Field(description="an agent marked it unread")
     requested_by: str | None
+    edited_at: datetime | None = Field(description="when the customer last edited it; null if never")
+    history: list[VersionOut] = Field(
+        description="the versions before its edits, oldest first; empty if never edited or once deleted"
+    )
+    revoked_at: datetime | None = Field(
+        description="when the customer deleted it for everyone: it stays in the timeline without its content"
+    )
 
     @classmethod
     def from_doc(cls, doc: Document) -> MessageOut:
         wamid: str = doc["wamid"]
         outgoing = doc["direction"] == "out"
+        revoked = doc.get("revoked_at") is not None  # kept in the document for audit, never shown
         return cls(
             message_id=doc["message_id"],
             chat_id=doc["chat_id"],
             wamid=None if wamid.startswith("pending:") else wamid,
             direction=doc["direction"],
             type=doc["type"],
-            content=doc["content"],
+            content=None if revoked else doc["content"],
             at=doc["at"],
             status=doc.get("status") if outgoing else None,
             status_at=doc.get("status_at") if outgoing else None,
@@ -281,6 +299,9 @@ class MessageOut(BaseModel):
             reply_to=doc.get("reply_to"),
             unread=bool(doc.get("manual_unread")),
             requested_by=doc.get("requested_by"),
+            edited_at=doc.get("edited_at"),
+            history=[] if revoked else doc.get("history", []),
+            revoked_at=doc.get("revoked_at"),
         )
 
 

@@ -204,10 +204,11 @@ class MessageReceived(Payload):
     referral: Referral | None = None
     errors: list[MetaErrorDetail] = Field(default_factory=list)
 
-    # Per REFERENCE §10: only real customer messages open or refresh the 24-hour window.
+    # Per REFERENCE §10: only real customer messages open or refresh the 24-hour window. A type this version
+    # does not know (or Meta marks unsupported) is still a message the customer sent, so it counts too.
     _WINDOW_TYPES: ClassVar[frozenset[str]] = frozenset(
         {"text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive"}
-        | {"button", "order"}
+        | {"button", "order", "unsupported"}
     )
 
     @property
