@@ -27,8 +27,9 @@ from waflow_common.events.inbound import (
 )
 from waflow_common.events.outbound import SendAccepted, SendAcceptedEvent, SendRejected, SendRejectedEvent
 from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
+from waflow_common.mongo import make_mongo_client, service_database
 from waflow_conversation.api import ConversationContext
-from waflow_conversation.main import ConversationSettings, create_app
+from waflow_conversation.main import DATABASE, ConversationSettings, create_app
 from waflow_testing.fixtures import (
     TENANT_A,
     TENANT_B,
@@ -74,6 +75,7 @@ class Stack:
     clock: FakeClock
     context: ConversationContext
     tenants: tuple[SeededTenant, SeededTenant]
+    database: Any  # the service's database, read with a client of the test's own
     versions: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -116,6 +118,21 @@ class Stack:
 
     def text(self, wa_id: str, body: str, **kwargs: Any) -> MessageReceivedEvent:
         return self.received(wa_id, {"type": "text", "body": body}, **kwargs)
+
+    def edit(self, wa_id: str, original: str, body: str, **kwargs: Any) -> MessageReceivedEvent:
+        """The customer edited the text of `original` (a wamid), as Meta reports it (REFERENCE §5)."""
+        message = {"type": "text", "text": {"body": body}}
+        return self.received(wa_id, {"type": "edit", "original_message_id": original, "message": message}, **kwargs)
+
+    def revoke(self, wa_id: str, original: str, **kwargs: Any) -> MessageReceivedEvent:
+        return self.received(wa_id, {"type": "revoke", "original_message_id": original}, **kwargs)
+
+    async def stored(self, collection: str, tenant: SeededTenant, public_id: str) -> dict[str, Any] | None:
+        """A document as conversation keeps it in its database (by tenant and public id or wamid)."""
+        doc: dict[str, Any] | None = await self.database[collection].find_one(
+            {"_id": f"{tenant.tenant_id}:{public_id}"}
+        )
+        return doc
 
     def status(
         self,
@@ -246,6 +263,7 @@ async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
     app = create_app(settings, clock=clock)
     broker = make_broker(settings, client_id="conversation-tests")
     await broker.start()
+    mongo = make_mongo_client(settings)
     try:
         async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             yield Stack(
@@ -256,6 +274,8 @@ async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
                 clock=clock,
                 context=app.state.conversation,
                 tenants=(TENANT_A, TENANT_B),
+                database=service_database(mongo, settings, DATABASE),
             )
     finally:
+        await mongo.close()
         await broker.stop()

@@ -134,6 +134,31 @@ async def test_delete_for_me_hides_one_message_idempotently(stack: Stack) -> Non
     assert (await stack.get(path)).status_code == 404
 
 
+async def test_delete_for_me_also_leaves_the_chat_list(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    chat = await _chat_with(stack, wa_id, "keep", "hide me")
+    chat_id = chat["chat_id"]
+    items = await eventually(lambda: _timeline_with(stack, chat_id, 2))
+    by_body = {i["content"]["body"]: i["message_id"] for i in items}
+    assert (
+        await stack.post(f"/v1/chats/{chat_id}/notes", {"author": "agent:giulia", "text": "a note"})
+    ).status_code == 201
+    assert chat["last_message"]["preview"] == "hide me"
+
+    path = f"/v1/chats/{chat_id}/messages/"
+    assert (await stack.http.delete(path + by_body["hide me"], headers=stack.a.auth)).status_code == 204
+    last = (await stack.chat_for(wa_id))["last_message"]
+    # The newest message still shown (a note is not a message), with its own time.
+    assert (last["preview"], last["message_id"]) == ("keep", by_body["keep"])
+    assert last["at"] == (await stack.timeline(chat_id))[1]["at"]
+
+    assert (await stack.http.delete(path + by_body["keep"], headers=stack.a.auth)).status_code == 204
+    assert (await stack.chat_for(wa_id))["last_message"] is None
+    # A message arriving late, older than the hidden ones, is the last message now.
+    await stack.publish(stack.text(wa_id, "late", at=stack.clock.now - timedelta(minutes=1)))
+    assert await eventually(lambda: stack.preview_is(wa_id, "late"))
+
+
 async def test_notes_are_append_only_filtered_and_in_the_timeline(stack: Stack) -> None:
     wa_id = new_wa_id()
     chat = await _chat_with(stack, wa_id, "hi")
