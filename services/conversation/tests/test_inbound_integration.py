@@ -226,3 +226,29 @@ async def test_a_chat_counted_but_not_stored_before_a_crash_is_not_counted_twice
     settled = await eventually(lambda: _counted(stack, wa_id, APPLIED_KEEP))
     assert len(await stack.timeline(settled["chat_id"])) == APPLIED_KEEP
     assert (await stack.chat_for(wa_id))["unread_count"] == APPLIED_KEEP
+
+
+async def test_a_message_of_a_type_we_do_not_know_opens_the_window_again(stack: Stack) -> None:
+    """A customer message is a customer message, whatever its type: it refreshes the 24-hour window."""
+    wa_id = new_wa_id()
+    now = stack.clock.now
+    await stack.publish(stack.text(wa_id, "hello", at=now - timedelta(hours=25)))
+    chat = await eventually(lambda: _counted(stack, wa_id, 1))
+    assert chat["window"]["open"] is False  # it closed an hour ago
+    poll = stack.received(
+        wa_id, {"type": "unsupported", "original_type": "poll", "raw": {"type": "poll"}}, at=now - timedelta(minutes=1)
+    )
+    async with TopicReader(stack.settings, topics.CONVERSATION) as conversation:
+        await stack.publish(poll)
+        reopened = await eventually(lambda: _window_open(stack, wa_id), what="the window open again")
+        announced = await conversation.read(2, timeout=10)
+    expires = poll.payload.timestamp + domain.WINDOW
+    assert reopened["window"]["expires_at"] == expires.isoformat().replace("+00:00", "Z")
+    assert reopened["window"]["opened_at"] == poll.payload.timestamp.isoformat().replace("+00:00", "Z")
+    opened = [e for e in announced if e["event_type"] == "window.opened" and e["payload"]["chat_id"] == chat["chat_id"]]
+    assert [e["payload"]["expires_at"] for e in opened] == [reopened["window"]["expires_at"]]
+
+
+async def _window_open(stack: Stack, wa_id: str) -> dict[str, Any] | None:
+    chat = await stack.chat_for(wa_id)
+    return chat if chat["window"]["open"] else None
