@@ -63,21 +63,32 @@ async def test_free_form_reply_is_stored_pending_and_requested_once(stack: Stack
 
 
 async def test_statuses_in_any_order_end_at_the_furthest(stack: Stack) -> None:
-    """Meta's samples (sent, delivered, read of one wamid), arriving before and after send.accepted, shuffled
-    and duplicated, all end in one message that is read."""
+    """Meta's samples (sent, delivered, read of one wamid), in any order and duplicated, end in one message that
+    is read; the first of them arrives before the message exists anywhere and is applied once it appears."""
     samples = [fixture_json(f"status_{s}.json") for s in ("sent", "delivered", "read")]
     raw = [s["entry"][0]["changes"][0]["value"]["statuses"][0] for s in samples]
     for order_index, order in enumerate(itertools.islice(itertools.permutations(range(3)), 0, 6, 2)):
         wa_id = new_wa_id()
         chat = await _open_chat(stack, wa_id)
+        wamid = raw[0]["id"].replace("=", "") + str(order_index) + wa_id  # same sample wamid, unique per round
+        statuses = [stack.status(wamid, wa_id, raw[i]["status"], _at(raw[i]["timestamp"])) for i in order]
+        # Meta's status comes first: conversation has never heard of this wamid, so it holds the status.
+        await stack.publish(statuses[0])
+        await eventually(lambda w=wamid: stack.stored("orphan_statuses", stack.a, w), what="the status held")
         r = await stack.post(f"/v1/chats/{chat['chat_id']}/messages", {"type": "text", "body": f"order {order}"})
         assert r.status_code == 202, r.text
         request_id, message_id = r.json()["request_id"], r.json()["message"]["message_id"]
-        wamid = raw[0]["id"].replace("=", "") + str(order_index)  # same sample wamid, unique per round
-        statuses = [stack.status(wamid, wa_id, raw[i]["status"], _at(raw[i]["timestamp"])) for i in order]
-        # One status before Meta's answer is known to us (an orphan), the rest after, each twice.
-        await stack.publish(statuses[0], stack.accepted(request_id, wa_id, wamid), statuses[0])
-        await stack.publish(*statuses[1:], *statuses[1:])
+        assert r.json()["message"]["status"] == "pending"
+        # Then outbound's answer brings the wamid: the held status applies, and nothing else was published.
+        await stack.publish(stack.accepted(request_id, wa_id, wamid))
+        first = raw[order[0]]
+        held = await eventually(
+            lambda c=chat["chat_id"], m=message_id, s=first["status"]: _status_is(stack, c, m, s),  # type: ignore[misc]
+            what=f"the held {first['status']} applied",
+        )
+        assert held["status_at"] == _at(first["timestamp"]).isoformat().replace("+00:00", "Z")
+        assert await stack.stored("orphan_statuses", stack.a, wamid) is None
+        await stack.publish(*statuses[1:], *statuses)
         message = await eventually(
             lambda c=chat["chat_id"], m=message_id: _status_is(stack, c, m, "read")  # type: ignore[misc]
         )
