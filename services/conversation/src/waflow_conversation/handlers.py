@@ -89,7 +89,7 @@ class ConversationHandlers:
 
         async def apply(tenant_id: str, status: MessageStatus) -> None:
             async with slots:
-                await self._messages.apply_status(tenant_id, status)
+                await self._messages.statuses.apply_status(tenant_id, status)
 
         await asyncio.gather(*(apply(tenant_id, status) for tenant_id, status in statuses))
         for event in events:
@@ -102,9 +102,9 @@ class ConversationHandlers:
     async def on_result(self, event: OutboundResult) -> None:
         EVENTS.labels(event.event_type).inc()
         if isinstance(event, SendAcceptedEvent):
-            await self._messages.accept(_tenant(event), event.payload)
+            await self._messages.statuses.accept(_tenant(event), event.payload)
         else:
-            await self._messages.reject(_tenant(event), event.payload)
+            await self._messages.statuses.reject(_tenant(event), event.payload)
 
 
 class WindowSweeper:
