@@ -151,8 +151,57 @@ async def test_amendments_that_come_before_their_message_wait_for_it(stack: Stac
 
     items = await eventually(lambda: _timeline_if(stack, chat["chat_id"], amended), what="the held amendments")
     assert items[1]["content"] == {"type": "text", "body": "see you at 6"}
+    assert len(items[1]["history"]) == 1  # the edit held twice applied once
     assert items[1]["history"][0]["content"]["body"] == "see you at 5"
     assert items[0]["content"] is None
     assert await eventually(lambda: stack.preview_is(wa_id, domain.REVOKED_PREVIEW))
     assert (await stack.chat_for(wa_id))["unread_count"] == 2
     assert await stack.stored("held_amendments", stack.a, edited_wamid) is None  # nothing left waiting
+
+
+async def test_an_edit_before_its_message_in_one_batch_applies_to_it(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    at = stack.clock.now - timedelta(minutes=5)
+    original = stack.text(wa_id, "colour: red", at=at)
+    edit = stack.edit(wa_id, original.payload.wamid, "colour: blue", at=at + timedelta(seconds=30))
+    batch = [(edit.payload, None), (original.payload, None), (edit.payload, None)]
+    await stack.context.messages.record_inbound(stack.a.tenant_id, batch)
+    chat = await stack.chat_for(wa_id)
+    [item] = await stack.timeline(chat["chat_id"])
+    assert item["content"]["body"] == "colour: blue"
+    assert [v["content"]["body"] for v in item["history"]] == ["colour: red"]
+    assert (chat["unread_count"], chat["last_message"]["preview"]) == (1, "colour: blue")
+    assert await stack.stored("held_amendments", stack.a, original.payload.wamid) is None
+
+
+async def test_nobody_amends_another_customers_or_another_tenants_message(stack: Stack) -> None:
+    wa_id, other = new_wa_id(), new_wa_id()
+    at = stack.clock.now - timedelta(minutes=5)
+    original = stack.text(wa_id, "my order is 4471", at=at)
+    await stack.publish(original)
+    chat = await stack.chat_for(wa_id)
+    wamid = original.payload.wamid
+    later = at + timedelta(minutes=1)
+    # Applied directly, so that each has been dealt with when the call returns.
+    foreign = [stack.edit(other, wamid, "hijacked", at=later), stack.revoke(other, wamid, at=later)]
+    await stack.context.messages.record_inbound(stack.a.tenant_id, [(e.payload, None) for e in foreign])
+    elsewhere = [
+        stack.edit(wa_id, wamid, "hijacked", tenant=stack.b, at=later),
+        stack.revoke(wa_id, wamid, tenant=stack.b, at=later),
+    ]
+    await stack.context.messages.record_inbound(stack.b.tenant_id, [(e.payload, None) for e in elsewhere])
+    held = await stack.stored("held_amendments", stack.b, wamid)  # B never saw that wamid: B holds its own
+    assert held is not None
+    assert len(held["amendments"]) == 2
+    [item] = await stack.timeline(chat["chat_id"])
+    assert (item["content"], item["edited_at"], item["revoked_at"]) == (
+        {"type": "text", "body": "my order is 4471"},
+        None,
+        None,
+    )
+    assert (await stack.chat_for(wa_id))["last_message"]["preview"] == "my order is 4471"
+    r = await stack.get("/v1/chats", search=other)
+    assert r.json()["items"] == []  # an amendment opens no chat
+    stored = await stack.stored("messages", stack.a, item["message_id"])
+    assert stored is not None
+    assert "amendments" not in stored
