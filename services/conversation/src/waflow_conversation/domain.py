@@ -185,7 +185,11 @@ def shown_as_own_entry(content_type: str) -> bool:
 # --- previews ----------------------------------------------------------------------------------------------------
 
 PREVIEW_LENGTH = 120
-# What WhatsApp itself shows, in the chat and in the chat list, where the sender deleted a message.
+# What WhatsApp itself shows, in the chat and in the chat list, where the sender deleted a message. A chat whose
+# last message the customer deleted previews this rather than the message before: the agent learns that the
+# customer's last act was to take something back (as on their own phone), and an older line, perhaps the agent's
+# own reply, would suggest the customer never answered. ("Delete for me" is different: the agent chose not to see
+# the message any more, so the chat shows the newest message still shown.)
 REVOKED_PREVIEW = "This message was deleted"
 
 

@@ -6,7 +6,10 @@ the named message's `amendments` (once per wamid), and the message's shown conte
 waits in `held_amendments`, like a status that comes before its message, and is applied when that message is
 stored. Same rules as the other repositories here: documents by `_id` alone, each write under its document's lock.
 
-Known limit: held amendments for a wamid that never arrives are kept (no expiry yet, as for orphan statuses).
+The message is rewritten as a whole under its lock (FerretDB answers only a filter on `_id` alone from an index,
+see repository.py); on MongoDB proper the same write becomes conditional on what was read (the filter names the
+number of amendments read, and a miss reads again), which needs no lock. Known limit: held amendments for a wamid
+that never arrives are kept (no expiry yet, as for orphan statuses).
 """
 
 from __future__ import annotations
