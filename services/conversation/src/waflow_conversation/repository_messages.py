@@ -198,7 +198,8 @@ class MessageRepository:
         for m, cause in received:
             if self._index.message_for(tenant_id, m.wamid) is not None:
                 continue  # stored and counted before
-            chat_id = domain.chat_id_for(tenant_id, m.phone_number_id, m.wa_id)  # created with its first message
+            customer = await self._chats.customer_of(tenant_id, m.wa_id, m.user_id)
+            chat_id = domain.chat_id_for(tenant_id, m.phone_number_id, customer)  # created with its first message
             message_id = domain.inbound_message_id(tenant_id, m.wamid)
             queued = by_chat.setdefault(chat_id, [])
             if all(item[0] != message_id for item in queued):
@@ -381,6 +382,7 @@ class MessageRepository:
                 chat_id=chat["chat_id"],
                 phone_number_id=chat["phone_number_id"],
                 wa_id=chat["wa_id"],
+                user_id=chat.get("user_id"),
                 message=message,
                 reply_to=reply_to_wamid,
                 requested_by=requested_by,
@@ -536,6 +538,7 @@ class NoteRepository:
                 chat_id=chat["chat_id"],
                 phone_number_id=chat["phone_number_id"],
                 wa_id=chat["wa_id"],
+                user_id=chat.get("user_id"),
                 note_id=note_id,
                 author=author,
                 text=text,
