@@ -49,11 +49,24 @@ async def test_two_bsuid_only_customers_are_two_customers(links: AsyncCollection
 
 async def test_racing_instances_agree_on_one_customer(links: AsyncCollection[dict[str, Any]]) -> None:
     books = [CustomerLinks(links) for _ in range(6)]
-    wa_id = "55119" + str(uuid.uuid4().int)[:8]
+    wa_id = "551198" + str(uuid.uuid4().int)[:7]  # a mobile: with and without its ninth digit
     answers = await asyncio.gather(
         *(b.resolve("t3", wa_id if n % 2 else wa_id[:4] + wa_id[5:]) for n, b in enumerate(books))
     )
     assert len(set(answers)) == 1
+
+
+async def test_a_bsuid_racing_its_number_joins_the_customer_of_the_number(
+    links: AsyncCollection[dict[str, Any]],
+) -> None:
+    for round_ in range(5):
+        wa_id, user_id = "3461" + str(uuid.uuid4().int)[:7], f"ES.race{round_}{uuid.uuid4().hex[:6]}"
+        books = [CustomerLinks(links) for _ in range(4)]
+        answers = await asyncio.gather(
+            *(b.resolve("t5", wa_id, user_id if n % 2 else None) for n, b in enumerate(books))
+        )
+        assert len(set(answers)) == 1, answers
+        assert await CustomerLinks(links).resolve("t5", "", user_id) == answers[0]
 
 
 async def test_records_made_before_links_are_found_by_any_form(links: AsyncCollection[dict[str, Any]]) -> None:

@@ -80,7 +80,7 @@ def test_both_brazilian_forms_lead_to_the_same_wa_ids(mobile: tuple[str, str]) -
     assert wa_id_forms(with_nine) == wa_id_forms(without) == (with_nine, without)
 
 
-@given(st.from_regex(r"\A\d{0,16}\Z"))
+@given(st.from_regex(r"\A\d{0,16}\Z") | st.from_regex(r"\A5[25]1?\d{9,11}\Z"))
 def test_forms_are_closed_every_form_gives_the_same_forms(digits: str) -> None:
     forms = wa_id_forms(digits)
     assert all(wa_id_forms(form) == forms for form in forms)

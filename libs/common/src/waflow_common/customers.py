@@ -13,6 +13,7 @@ seen in both forms. `wa_id_forms` lists them all, so that a lookup or a blacklis
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import OrderedDict
@@ -22,9 +23,11 @@ from typing import Any
 
 import phonenumbers
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 log = logging.getLogger(__name__)
+
+_DUPLICATE = 11000
 
 
 class NoCustomerIdentity(ValueError):
@@ -91,7 +94,7 @@ def wa_id_forms(wa_id: str) -> tuple[str, ...]:
 
     Mexican mobiles: "52" + 10 digits and "521" + 10 digits are one number (Meta's ids keep the old "1").
     Brazilian mobiles: "55" + area + "9" + 8 digits and the same without the 9 (accounts older than the ninth
-    digit); a Brazilian 8-digit number is a mobile only when it starts with 6 to 9 (landlines start with 2 to 5).
+    digit); the 8 digits of a mobile start with 6 to 9 (landlines start with 2 to 5), so only those have two forms.
     Accepts any form (a wa_id from Meta, or E.164 digits), so all forms give the same answer.
     """
     digits = _NOT_DIGITS.sub("", wa_id or "")
@@ -101,7 +104,7 @@ def wa_id_forms(wa_id: str) -> tuple[str, ...]:
         return (digits, "52" + digits[3:])
     if digits.startswith("52") and len(digits) == 12:
         return ("521" + digits[2:], digits)
-    if digits.startswith("55") and len(digits) == 13 and digits[4] == "9":
+    if digits.startswith("55") and len(digits) == 13 and digits[4] == "9" and digits[5] in "6789":
         return (digits, digits[:4] + digits[5:])
     if digits.startswith("55") and len(digits) == 12 and digits[4] in "6789":
         return (digits[:4] + "9" + digits[4:], digits)
@@ -185,17 +188,21 @@ class CustomerLinks:
         self._kept: OrderedDict[str, str] = OrderedDict()
         self._keep = keep
 
-    async def _lookup(self, tenant_id: str, identity: str) -> str | None:
-        link_id = f"{tenant_id}:{identity}"
-        kept = self._kept.get(link_id)
-        if kept is not None:
-            self._kept.move_to_end(link_id)
-            return kept
-        doc = await self._links.find_one({"_id": link_id})
-        if doc is None:
-            return None
-        self._keep_link(link_id, doc["customer"])
-        return str(doc["customer"])
+    async def _lookup(self, tenant_id: str, ids: tuple[str, ...]) -> dict[str, str]:
+        """id → customer for the ids that have a link; one read for those not kept."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for identity in ids:
+            kept = self._kept.get(f"{tenant_id}:{identity}")
+            if kept is None:
+                missing.append(f"{tenant_id}:{identity}")
+            else:
+                found[identity] = kept
+        if missing:
+            async for doc in self._links.find({"_id": {"$in": missing}}):
+                self._keep_link(doc["_id"], str(doc["customer"]))
+                found[doc["_id"][len(tenant_id) + 1 :]] = str(doc["customer"])
+        return found
 
     def _keep_link(self, link_id: str, customer: str) -> None:
         self._kept[link_id] = customer
@@ -203,12 +210,22 @@ class CustomerLinks:
         while len(self._kept) > self._keep:
             self._kept.popitem(last=False)
 
+    async def _winner(self, tenant_id: str, identity: str) -> str:
+        """The customer a link that just refused ours names. The refusing write may not be visible to this
+        connection yet (seen on the local server under concurrent inserts), so it is read again briefly."""
+        for attempt in range(50):
+            winner = (await self._lookup(tenant_id, (identity,))).get(identity)
+            if winner is not None:
+                return winner
+            await asyncio.sleep(0.01 * (attempt + 1))
+        raise RuntimeError(f"a link refused as a duplicate cannot be read back: {tenant_id}:<{identity[:2]}…>")
+
     async def find(self, tenant_id: str, ids: tuple[str, ...], known: Known | None = None) -> str | None:
         """The customer one of `ids` is linked to (in order), else the first id `known` says has records."""
+        linked = await self._lookup(tenant_id, ids)
         for identity in ids:
-            customer = await self._lookup(tenant_id, identity)
-            if customer is not None:
-                return customer
+            if identity in linked:
+                return linked[identity]
         if known is not None:
             # Records made before links existed are keyed by the wa_id Meta sent.
             for identity in ids:
@@ -226,29 +243,42 @@ class CustomerLinks:
     async def resolve_ids(self, tenant_id: str, ids: tuple[str, ...], fresh: str, known: Known | None = None) -> str:
         """As `resolve`, for ids already listed (e.g. every form of a typed number), `fresh` naming a new customer."""
         customer = await self.find(tenant_id, ids, known) or fresh
-        for identity in ids:
-            link_id = f"{tenant_id}:{identity}"
-            if self._kept.get(link_id) == customer:
-                continue
-            doc = {
-                "_id": link_id,
-                "tenant_id": tenant_id,
-                "customer": customer,
-                "kind": "wa_id" if identity.isdigit() else "user_id",
-            }
+        # Numbers first: a racing writer who holds the number decides before this writer's BSUID link is stored.
+        pending = sorted((i for i in ids if self._kept.get(f"{tenant_id}:{i}") != customer), key=is_bsuid)
+        stored_any = False
+        while pending:
+            docs = [
+                {
+                    "_id": f"{tenant_id}:{identity}",
+                    "tenant_id": tenant_id,
+                    "customer": customer,
+                    "kind": "user_id" if is_bsuid(identity) else "wa_id",
+                }
+                for identity in pending
+            ]
             try:
-                await self._links.insert_one(doc)
-                self._keep_link(link_id, customer)
-                continue
-            except DuplicateKeyError:
-                pass
-            winner = await self._lookup(tenant_id, identity)
-            if winner is not None and winner != customer:
-                if identity == ids[0] and customer == fresh:
+                await self._links.insert_many(docs, ordered=True)  # one write for all of them
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors") or [{}]
+                if errors[0].get("code") != _DUPLICATE:
+                    raise
+                at = int(errors[0]["index"])
+            else:
+                at = len(docs)
+            for doc in docs[:at]:
+                self._keep_link(doc["_id"], customer)
+            stored_any = stored_any or at > 0
+            if at == len(docs):
+                break
+            taken = pending[at]
+            winner = await self._winner(tenant_id, taken)
+            if winner != customer:
+                if not stored_any and customer == fresh:
                     customer = winner  # a racing writer made this customer first: join it
                 else:
                     log.warning(
                         "a customer id is linked to another customer; keeping both records",
-                        extra={"tenant_id": tenant_id, "kind": doc["kind"]},
+                        extra={"tenant_id": tenant_id, "kind": docs[at]["kind"]},
                     )
+            pending = pending[at + 1 :]
         return customer
