@@ -16,7 +16,7 @@ NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 def contact(wa_id: str = "34612345678", **values: object) -> ContactSnapshot:
-    base = domain.new_contact(domain.contact_id_for("t", wa_id), wa_id, f"+{wa_id}", NOW)
+    base = domain.new_contact(domain.contact_id_for("t", wa_id), domain.Identity(wa_id), NOW)
     new = domain.advance(base, base.model_copy(update=values), NOW)
     assert new is not None
     return new

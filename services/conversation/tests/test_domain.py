@@ -108,13 +108,20 @@ def test_no_window_without_a_customer_message() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "wa_id"),
-    [("+15557654321", "15557654321"), ("+1 (555) 765-4321", "15557654321"), ("0039 333 123 4567", "393331234567")],
+    [
+        ("+1 (415) 555-2671", "14155552671"),
+        ("0039 333 123 4567", "393331234567"),
+        ("+52 55 1234 5678", "5215512345678"),  # Meta's form of a Mexican mobile keeps the 1 after 52
+        ("+52 1 55 1234 5678", "5215512345678"),
+    ],
 )
 def test_phone_numbers_are_normalised(raw: str, wa_id: str) -> None:
-    assert domain.normalise_phone(raw) == wa_id
+    assert domain.normalise_phone(raw).wa_id == wa_id
 
 
-@pytest.mark.parametrize("raw", ["5557654321", "+1555", "+1555765432100000", "+0155576543", "+1555abc4321", ""])
+@pytest.mark.parametrize(
+    "raw", ["5557654321", "+1555", "+1555765432100000", "+0155576543", "+1555abc4321", "", "+1 555 765 4321"]
+)
 def test_bad_phone_numbers_are_refused(raw: str) -> None:
     with pytest.raises(domain.InvalidPhoneNumber):
         domain.normalise_phone(raw)

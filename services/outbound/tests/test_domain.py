@@ -242,10 +242,10 @@ def test_named_parameters_carry_their_names() -> None:
 def test_the_window_projection_only_moves_forward_and_blacklist_keeps_the_highest_version(offsets: list[int]) -> None:
     projection = OutboundRepository(cast(Any, None), cast(Any, None))
     for offset in offsets:
-        projection._note_inbound("t", "pn", "w", T0 + timedelta(seconds=offset))
-    assert projection.last_inbound_at("t", "pn", "w") == T0 + timedelta(seconds=max(offsets))
-    assert projection.last_inbound_at("other-tenant", "pn", "w") is None
+        projection._note_inbound("t", "pn", ("15550001",), T0 + timedelta(seconds=offset))
+    assert projection.last_inbound_at("t", "pn", "15550001") == T0 + timedelta(seconds=max(offsets))
+    assert projection.last_inbound_at("other-tenant", "pn", "15550001") is None
     for version, blacklisted in [(2, True), (1, False), (3, True), (2, False)]:
-        projection._note_contact("t", "w", version, blacklisted)
-    assert projection.blacklisted("t", "w")
-    assert not projection.blacklisted("other-tenant", "w")
+        projection._note_contact("t", "c1", ("15550001",), version, blacklisted)
+    assert projection.blacklisted("t", "15550001")
+    assert not projection.blacklisted("other-tenant", "15550001")

@@ -415,3 +415,19 @@ async def test_sent_log_filters_and_clears(sim: SimulatorClient, send, ids) -> N
 
     await sim.clear_sent()
     assert await sim.sent() == []
+
+
+async def test_a_bsuid_only_customer_is_sent_to_by_recipient(sim: SimulatorClient, send, ids) -> None:
+    """Meta's `recipient` (a business-scoped user id) stands in for `to` when the customer shows no number."""
+    body = _template("open_template", "en", _body("and thanks"))
+    del body["to"]
+    response = await send(body | {"recipient": "US.13491208655302741918"})
+    assert response.status_code == 200, response.text
+    assert response.json()["contacts"] == [
+        {"input": "US.13491208655302741918", "user_id": "US.13491208655302741918", "wa_id": ""}
+    ]
+    [record] = await sim.sent()
+    assert (record.to, record.type, record.error_code) == ("US.13491208655302741918", "template", None)
+    refused = await send(body | {"recipient": "not a user id"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == 131009  # parameter value is not valid

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from waflow_common.customers import PhoneNumber, wa_id_forms
 from waflow_common.http import ERROR_RESPONSES, error_body, tenant_dependency
 from waflow_common.tenants import Tenant, TenantRegistry
 
@@ -169,7 +170,8 @@ async def contact_by_phone(
         digits = domain.phone_query_digits(phone)
         if not digits or not 7 <= len(digits) <= 15:
             raise
-        number = domain.PhoneNumber(e164="+" + digits, wa_id=digits)
+        forms = wa_id_forms(digits)
+        number = PhoneNumber(e164="+" + digits, wa_id=forms[0], other_wa_ids=forms[1:])
     contact = await book.find_by_phone(tenant.tenant_id, number)
     if contact is None:
         raise ContactNotFound("contact not found")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from waflow_common.customers import PhoneNumber
 from waflow_common.events.contacts import ContactChangedEvent, ContactListRef, ContactSnapshot
 from waflow_common.events.envelope import Clock, derived_event_id
 from waflow_common.locks import KeyedLocks
 from waflow_common.outbox import outbox_entry
 
 from waflow_contacts import domain
-from waflow_contacts.domain import Change, FieldDefinition, PhoneNumber
+from waflow_contacts.domain import Change, FieldDefinition, Identity
 from waflow_contacts.errors import (
     BadCursor,
     ContactNotFound,
@@ -99,12 +100,12 @@ class ContactBook:
         change: Change,
         cause: Cause,
         *,
-        create: tuple[str, str] | None = None,
+        create: Identity | None = None,
         only_if_new: bool = False,
     ) -> Outcome:
         """Applies `change` under the contact's lock; stores the new version and its event in one update.
 
-        `create` = (wa_id, phone_e164) makes a missing contact; without it a missing contact is a 404.
+        `create` (the customer's ids) makes a missing contact; without it a missing contact is a 404.
         """
         key = contact_key(tenant_id, contact_id)
         async with self._locks.hold(key):
@@ -113,7 +114,7 @@ class ContactBook:
             if current is None:
                 if create is None:
                     raise ContactNotFound("contact not found")
-                current = domain.new_contact(contact_id, create[0], create[1], now)
+                current = domain.new_contact(contact_id, create, now)
             elif only_if_new:
                 return Outcome(current, created=False, changed=False)
             new = domain.advance(current, change(current), now)
@@ -141,12 +142,27 @@ class ContactBook:
             raise ContactNotFound("contact not found")
         return contact
 
+    # --- who a customer is ---------------------------------------------------------------------------------
+
+    def _known(self, tenant_id: str) -> Callable[[str], Awaitable[bool]]:
+        """Whether a contact keyed by this id exists: contacts made before links were kept are found so."""
+
+        async def known(identity: str) -> bool:
+            return await self._repository.get(tenant_id, domain.contact_id_for(tenant_id, identity)) is not None
+
+        return known
+
+    async def contact_id_of(self, tenant_id: str, identity: Identity) -> str:
+        """The contact of these ids, linking them (a BSUID to a customer known by phone, every number form)."""
+        customer = await self._repository.links.resolve(
+            tenant_id, identity.wa_id, identity.user_id, known=self._known(tenant_id)
+        )
+        return domain.contact_id_for(tenant_id, customer)
+
     async def find_by_phone(self, tenant_id: str, phone: PhoneNumber) -> ContactSnapshot | None:
-        for wa_id in (phone.wa_id, *phone.other_wa_ids):
-            contact = await self._repository.get(tenant_id, domain.contact_id_for(tenant_id, wa_id))
-            if contact is not None:
-                return contact
-        return None
+        """The contact of any wa_id form of the number."""
+        customer = await self._repository.links.find(tenant_id, phone.wa_ids, self._known(tenant_id))
+        return await self._repository.get(tenant_id, domain.contact_id_for(tenant_id, customer)) if customer else None
 
     async def create(
         self, tenant_id: str, phone: PhoneNumber, updates: dict[str, Any], tags: list[str], cause: Cause
@@ -158,12 +174,13 @@ class ContactBook:
         definitions = await self._repository.definitions(tenant_id) if updates.get("fields") else {}
         edit = domain.edit(updates, definitions)
         tagging = domain.add_tags(tags)
+        customer = await self._repository.links.resolve_ids(tenant_id, phone.wa_ids, phone.wa_id)
         return await self.change(
             tenant_id,
-            domain.contact_id_for(tenant_id, phone.wa_id),
+            domain.contact_id_for(tenant_id, customer),
             lambda c: tagging(edit(c)),
             cause,
-            create=(phone.wa_id, phone.e164),
+            create=Identity(phone.wa_id, phone_e164=phone.e164),
             only_if_new=True,
         )
 
@@ -172,24 +189,29 @@ class ContactBook:
         return await self.change(tenant_id, contact_id, domain.edit(updates, definitions), cause)
 
     async def record_message(
-        self, tenant_id: str, wa_id: str, profile_name: str | None, at: datetime, cause: Cause
+        self,
+        tenant_id: str,
+        identity: Identity,
+        profile_name: str | None,
+        at: datetime,
+        cause: Cause,
+        *,
+        username: str | None = None,
     ) -> Outcome:
         return await self.change(
             tenant_id,
-            domain.contact_id_for(tenant_id, wa_id),
-            domain.seen_message(profile_name, at.replace(microsecond=at.microsecond // 1000 * 1000)),
+            await self.contact_id_of(tenant_id, identity),
+            domain.seen_message(
+                profile_name, at.replace(microsecond=at.microsecond // 1000 * 1000), identity, username
+            ),
             cause,
-            create=(wa_id, domain.e164_from_wa_id(wa_id)),
+            create=identity,
         )
 
-    async def ensure(self, tenant_id: str, wa_id: str, phone_e164: str, cause: Cause) -> Outcome:
+    async def ensure(self, tenant_id: str, identity: Identity, cause: Cause) -> Outcome:
+        """An agent opened a chat: the contact exists afterwards, with any id the chat knows linked to it."""
         return await self.change(
-            tenant_id,
-            domain.contact_id_for(tenant_id, wa_id),
-            domain.unchanged,
-            cause,
-            create=(wa_id, phone_e164),
-            only_if_new=True,
+            tenant_id, await self.contact_id_of(tenant_id, identity), domain.link(identity), cause, create=identity
         )
 
     def search(

@@ -12,7 +12,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-import phonenumbers
+from waflow_common import customers
+from waflow_common.customers import PhoneNumber
 from waflow_common.events.contacts import ContactListRef, ContactSnapshot
 from waflow_common.events.envelope import derived_event_id
 
@@ -52,86 +53,28 @@ class InvalidFieldValue(ContactRuleError):
 # --- identity -------------------------------------------------------------------------------------------------
 
 
-def contact_id_for(tenant_id: str, wa_id: str) -> str:
-    """Deterministic, so a redelivered event or a racing create can only ever name one contact."""
-    return "c_" + derived_event_id("contact", tenant_id, wa_id).hex[:24]
+def contact_id_for(tenant_id: str, customer: str) -> str:
+    """Deterministic, so a redelivered event or a racing create can only ever name one contact.
+
+    `customer` is the key CustomerLinks gives the customer: the wa_id of one who first wrote by phone, the BSUID
+    of one who first came with it (the two never collide: a wa_id is digits only)."""
+    return "c_" + derived_event_id("contact", tenant_id, customer).hex[:24]
 
 
 def new_list_id() -> str:
     return "l_" + uuid.uuid4().hex[:16]
 
 
-@dataclass(frozen=True)
-class PhoneNumber:
-    e164: str
-    wa_id: str
-    # Other ids WhatsApp may use for the same number (see wa_id_forms).
-    other_wa_ids: tuple[str, ...] = ()
-
-
 _PHONE_CHARS = re.compile(r"^[\d\s+().\-/]+$")
 _DIGITS = re.compile(r"\D+")
 
-_POSSIBLE_REASONS = {
-    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "unknown country calling code",
-    phonenumbers.ValidationResult.TOO_SHORT: "too short",
-    phonenumbers.ValidationResult.TOO_LONG: "too long",
-    phonenumbers.ValidationResult.INVALID_LENGTH: "invalid length for its country",
-}
-
-
-_PARSE_REASONS = {
-    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country calling code",
-    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
-    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
-    phonenumbers.NumberParseException.TOO_LONG: "too long",
-}
-
 
 def normalise_phone(raw: str) -> PhoneNumber:
-    """A phone number as typed ("+44 7911 123456", "0044…", "447911123456") → E.164 and Meta's wa_id.
-
-    Without a country there is no way to read a national number, so the number must be international:
-    a leading +, a 00 prefix, or Meta's bare-digits form.
-    """
-    text = raw.strip()
-    if not text:
-        raise InvalidPhone("empty")
-    if not _PHONE_CHARS.match(text):
-        raise InvalidPhone("only digits, spaces, +, (, ), -, . and / are allowed")
-    digits = _DIGITS.sub("", text)
-    if text.lstrip("(").startswith("00"):
-        digits = digits[2:]
+    """A phone number as typed → E.164 and every wa_id form (waflow_common.customers, the rule of every service)."""
     try:
-        parsed = phonenumbers.parse("+" + digits, None)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidPhone(_PARSE_REASONS.get(exc.error_type, "not a phone number")) from exc
-    possible = phonenumbers.is_possible_number_with_reason(parsed)
-    if possible in _POSSIBLE_REASONS:
-        raise InvalidPhone(_POSSIBLE_REASONS[possible])
-    if not phonenumbers.is_valid_number(parsed):
-        raise InvalidPhone("not a valid number for its country")
-    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    forms = wa_id_forms(e164[1:])
-    return PhoneNumber(e164=e164, wa_id=forms[0], other_wa_ids=forms[1:])
-
-
-def wa_id_forms(digits: str) -> tuple[str, ...]:
-    """The wa_id WhatsApp most likely uses for an E.164 number, then the other forms it has been seen to use.
-
-    Meta warns the wa_id may differ from the dialled number: Mexican mobiles keep the old "1" after 52, and
-    Brazilian accounts older than the ninth digit carry no 9 (REFERENCE §4). The create endpoint looks for
-    every form so that an agent typing the number finds the contact the customer's messages made.
-    """
-    if digits.startswith("52") and len(digits) == 12:
-        return ("521" + digits[2:], digits)
-    if digits.startswith("55") and len(digits) == 13 and digits[4] == "9":
-        return (digits, digits[:4] + digits[5:])
-    return (digits,)
-
-
-def e164_from_wa_id(wa_id: str) -> str:
-    return "+" + wa_id
+        return customers.normalise_phone(raw)
+    except customers.InvalidPhoneNumber as exc:
+        raise InvalidPhone(exc.reason) from exc
 
 
 # --- search keys ----------------------------------------------------------------------------------------------
@@ -297,9 +240,45 @@ def apply_field_values(
 Change = Callable[[ContactSnapshot], ContactSnapshot]
 
 
-def new_contact(contact_id: str, wa_id: str, phone_e164: str, now: datetime) -> ContactSnapshot:
+@dataclass(frozen=True)
+class Identity:
+    """The ids a message or a chat gives for its customer: a number (wa_id, may be empty) and/or a BSUID."""
+
+    wa_id: str
+    user_id: str | None = None
+    phone_e164: str | None = None
+
+    @property
+    def e164(self) -> str | None:
+        return self.phone_e164 or customers.e164_of(self.wa_id)
+
+
+def new_contact(contact_id: str, identity: Identity, now: datetime) -> ContactSnapshot:
     """A contact before its first change; `version` 0 so the first stored state is version 1."""
-    return ContactSnapshot(contact_id=contact_id, wa_id=wa_id, phone_e164=phone_e164, updated_at=now, version=0)
+    return ContactSnapshot(
+        contact_id=contact_id,
+        wa_id=identity.wa_id,
+        user_id=identity.user_id,
+        phone_e164=identity.e164,
+        updated_at=now,
+        version=0,
+    )
+
+
+def link(identity: Identity) -> Change:
+    """Ids learnt later join the contact: a BSUID for a customer known by phone, a number for a BSUID-only one.
+
+    The ids the contact has stay (the wa_id Meta first gave is what sends go to)."""
+
+    def change(contact: ContactSnapshot) -> ContactSnapshot:
+        values: dict[str, Any] = {}
+        if identity.user_id and not contact.user_id:
+            values["user_id"] = identity.user_id
+        if identity.wa_id and not contact.wa_id:
+            values |= {"wa_id": identity.wa_id, "phone_e164": identity.e164}
+        return contact.model_copy(update=values) if values else contact
+
+    return change
 
 
 def advance(old: ContactSnapshot, new: ContactSnapshot, now: datetime) -> ContactSnapshot | None:
@@ -310,14 +289,19 @@ def advance(old: ContactSnapshot, new: ContactSnapshot, now: datetime) -> Contac
     return new.model_copy(update={"updated_at": now, "version": old.version + 1})
 
 
-def seen_message(profile_name: str | None, at: datetime) -> Change:
-    """A customer wrote: first/last seen move, and the newest message's profile name is kept.
+def seen_message(
+    profile_name: str | None, at: datetime, identity: Identity | None = None, username: str | None = None
+) -> Change:
+    """A customer wrote: first/last seen move, the newest message's profile name and username are kept, and ids
+    the message brings join the contact (see `link`).
 
     The agent's `name` is a separate field, so a profile name never overwrites it. A blacklisted contact's
     message is recorded the same way and the blacklist stays.
     """
 
     def change(contact: ContactSnapshot) -> ContactSnapshot:
+        if identity is not None:
+            contact = link(identity)(contact)
         first = contact.first_seen_at
         last = contact.last_seen_at
         newest = last is None or at >= last
@@ -326,6 +310,7 @@ def seen_message(profile_name: str | None, at: datetime) -> Change:
                 "first_seen_at": at if first is None or at < first else first,
                 "last_seen_at": at if newest else last,
                 "profile_name": (profile_name or contact.profile_name) if newest else contact.profile_name,
+                "username": (username or contact.username) if newest else contact.username,
             }
         )
 

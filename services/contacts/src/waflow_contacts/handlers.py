@@ -8,6 +8,7 @@ from waflow_common.events.inbound import InboundEvent, MessageReceivedEvent, inb
 from waflow_common.kafka import Consumer
 
 from waflow_contacts.book import Cause, ContactBook
+from waflow_contacts.domain import Identity
 
 GROUP_ID = "contacts"
 # A group per topic: two subscribers sharing one group rebalance each other at every start (seconds each).
@@ -20,16 +21,18 @@ def subscribe(inbound: Consumer, conversation: Consumer, book: ContactBook, *, c
             message = event.payload
             await book.record_message(
                 event.tenant_id,
-                message.wa_id,
+                Identity(message.wa_id, message.user_id),
                 message.profile_name,
                 message.timestamp,
                 Cause(event.correlation_id, event.event_id),
+                username=message.username,
             )
 
     async def on_conversation(event: ConversationEvent) -> None:
         if isinstance(event, ChatOpenedEvent) and event.tenant_id:
             chat = event.payload
-            await book.ensure(event.tenant_id, chat.wa_id, chat.phone_e164, Cause(event.correlation_id, event.event_id))
+            identity = Identity(chat.wa_id, chat.user_id, chat.phone_e164)
+            await book.ensure(event.tenant_id, identity, Cause(event.correlation_id, event.event_id))
 
     # Batched: one commit per batch, different customers side by side (each contact changes under its own lock).
     inbound.subscribe_batched(topics.INBOUND, inbound_adapter, on_inbound, concurrency=concurrency)

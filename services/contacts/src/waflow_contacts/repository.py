@@ -21,6 +21,7 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from waflow_common.customers import CustomerLinks
 from waflow_common.events.contacts import ContactSnapshot
 from waflow_common.outbox import OUTBOX_FIELD
 
@@ -60,6 +61,8 @@ class ContactRepository:
         self.pending = db["outbox_pending"]
         self.fields = db["field_definitions"]
         self.lists = db["lists"]
+        # Which customer each id (BSUID, every form of a number) belongs to: one point read by `_id`.
+        self.links = CustomerLinks(db["customer_links"])
 
     def _contacts(self, key: str) -> AsyncCollection[Document]:
         return self._db[shard_name(key)]

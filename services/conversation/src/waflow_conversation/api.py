@@ -141,15 +141,16 @@ async def list_chats(
     },
 )
 async def open_chat(tenant: CurrentTenant, ctx: Context, body: NewChat, response: Response) -> ChatOut:
-    wa_id = domain.normalise_phone(body.phone)
+    phone = domain.normalise_phone(body.phone)
     numbers = tenant.phone_number_ids
     phone_number_id = body.phone_number_id or numbers[0]
     if phone_number_id not in numbers:
         raise ChatNotFound(phone_number_id)
-    contact = await ctx.chats.contact(tenant.tenant_id, wa_id)
+    customer = await ctx.chats.customer_for_phone(tenant.tenant_id, phone)  # any form of a known number
+    contact = await ctx.chats.contact(tenant.tenant_id, customer)
     if contact is not None and contact["view"].get("blacklisted"):
         raise domain.ContactBlacklisted("this contact is blacklisted (deleted) and is never messaged")
-    chat, created = await ctx.chats.open_by_phone(tenant.tenant_id, phone_number_id, wa_id, body.opened_by)
+    chat, created = await ctx.chats.open_by_phone(tenant.tenant_id, phone_number_id, customer, phone, body.opened_by)
     if not created:
         response.status_code = 200
     return ChatOut.from_doc(chat, ctx.clock())
@@ -288,7 +289,9 @@ async def send_message(
             raise domain.IdempotencyKeyReused("this Idempotency-Key was already used for a different message")
         stored = existing
     else:
-        contact = chat.get("contact") or await _contact_view(ctx, tenant_id, chat["wa_id"])
+        contact = chat.get("contact") or await _contact_view(
+            ctx, tenant_id, await ctx.chats.customer_of(tenant_id, chat["wa_id"], chat.get("user_id"))
+        )
         if contact and contact.get("blacklisted"):
             raise domain.ContactBlacklisted("this contact is blacklisted (deleted) and is never messaged")
         if isinstance(message, TextMessage) and not domain.window_open(chat.get("window_expires_at"), ctx.clock()):
@@ -305,8 +308,8 @@ async def send_message(
     return SendAcceptedOut(request_id=request_id, message=MessageOut.from_doc(view))
 
 
-async def _contact_view(ctx: ConversationContext, tenant_id: str, wa_id: str) -> dict[str, Any] | None:
-    contact = await ctx.chats.contact(tenant_id, wa_id)
+async def _contact_view(ctx: ConversationContext, tenant_id: str, customer: str) -> dict[str, Any] | None:
+    contact = await ctx.chats.contact(tenant_id, customer)
     return contact["view"] if contact else None
 
 

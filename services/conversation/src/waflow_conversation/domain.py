@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from waflow_common import customers
+from waflow_common.customers import PhoneNumber
 from waflow_common.events.envelope import derived_event_id
 
 WINDOW = timedelta(hours=24)
@@ -58,9 +59,12 @@ class IdempotencyKeyReused(ConversationError):
 # --- ids -----------------------------------------------------------------------------------------------------
 
 
-def chat_id_for(tenant_id: str, phone_number_id: str, wa_id: str) -> str:
-    """One chat per (business number, customer): the same id in every process, so creation is an upsert."""
-    return "ch_" + derived_event_id("chat", tenant_id, phone_number_id, wa_id).hex[:24]
+def chat_id_for(tenant_id: str, phone_number_id: str, customer: str) -> str:
+    """One chat per (business number, customer): the same id in every process, so creation is an upsert.
+
+    `customer` is the key CustomerLinks gives the customer (the wa_id of one who first wrote by phone, else the
+    BSUID), so a customer keeps their chat when a second id of theirs appears."""
+    return "ch_" + derived_event_id("chat", tenant_id, phone_number_id, customer).hex[:24]
 
 
 def inbound_message_id(tenant_id: str, wamid: str) -> str:
@@ -243,20 +247,14 @@ def last_message_view(message: dict[str, Any]) -> dict[str, Any]:
 
 # --- phone numbers ----------------------------------------------------------------------------------------------
 
-_SEPARATORS = re.compile(r"[\s\-().]")
 
-
-def normalise_phone(raw: str) -> str:
-    """An international number to Meta's wa_id form (digits, no +); '00' is accepted for '+'."""
-    text = _SEPARATORS.sub("", raw.strip())
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    if not text.startswith("+"):
-        raise InvalidPhoneNumber("give the number in international form, e.g. +15551234567")
-    digits = text[1:]
-    if not digits.isdigit() or not 8 <= len(digits) <= 15 or digits.startswith("0"):
-        raise InvalidPhoneNumber("an international number has 8 to 15 digits after + and a country code")
-    return digits
+def normalise_phone(raw: str) -> PhoneNumber:
+    """A number as typed → E.164 and every wa_id form it can have: the rule every service uses
+    (waflow_common.customers), so another form of a known number finds the same customer."""
+    try:
+        return customers.normalise_phone(raw)
+    except customers.InvalidPhoneNumber as exc:
+        raise InvalidPhoneNumber(f"{exc.reason}: give the number in international form, e.g. +34612345678") from exc
 
 
 # --- cursors ----------------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pymongo.errors import DuplicateKeyError
+from waflow_common.customers import CustomerLinks, PhoneNumber, customer_id, is_bsuid
 from waflow_common.events.contacts import ContactSnapshot
 from waflow_common.events.conversation import (
     ChatOpened,
@@ -80,6 +81,7 @@ class ChatRepository(ChatActivity):
         self._parked = parked
         self._numbers = numbers  # a tenant's phone_number_ids: a customer has one chat per number
         self._index = ChatIndex()
+        self._links = CustomerLinks(collections.customer_links)
         # Chats whose last write failed: it may or may not have happened, so they are read again before use.
         self._unsure: set[str] = set()
 
@@ -140,8 +142,30 @@ class ChatRepository(ChatActivity):
         items, resume = self._index.page(tenant_id, matcher(filters), after, limit)
         return Page(items, domain.encode_cursor(*resume) if resume is not None else None)
 
-    async def contact(self, tenant_id: str, wa_id: str) -> Document | None:
-        return await self._c.contacts.find_one({"_id": key(tenant_id, wa_id)})
+    async def contact(self, tenant_id: str, customer: str) -> Document | None:
+        """The contacts projection's copy of a customer (`customer` as `customer_of` gives it)."""
+        return await self._c.contacts.find_one({"_id": key(tenant_id, customer)})
+
+    # --- who a customer is ----------------------------------------------------------------------------------
+    def _known(self, tenant_id: str) -> Callable[[str], Awaitable[bool]]:
+        """Whether something is kept under this id: chats and contacts made before links were kept are found so."""
+
+        async def known(identity: str) -> bool:
+            for phone_number_id in self._numbers(tenant_id):
+                if self._index.get(key(tenant_id, domain.chat_id_for(tenant_id, phone_number_id, identity))):
+                    return True
+            return await self.contact(tenant_id, identity) is not None
+
+        return known
+
+    async def customer_of(self, tenant_id: str, wa_id: str, user_id: str | None = None) -> str:
+        """The key of the customer these ids belong to (their chats and contact copy are kept under it); a BSUID
+        that appears for a customer known by phone joins them, so they keep their chat."""
+        return await self._links.resolve(tenant_id, wa_id, user_id, known=self._known(tenant_id))
+
+    async def customer_for_phone(self, tenant_id: str, phone: PhoneNumber) -> str:
+        """The customer a typed number belongs to, whichever of its wa_id forms they were seen with."""
+        return await self._links.resolve_ids(tenant_id, phone.wa_ids, phone.wa_id, known=self._known(tenant_id))
 
     # --- creating ---------------------------------------------------------------------------------------------
     async def _create(self, chat: Document) -> Document | None:
@@ -156,11 +180,14 @@ class ChatRepository(ChatActivity):
         return self._index.put(chat)
 
     async def open_by_phone(
-        self, tenant_id: str, phone_number_id: str, wa_id: str, opened_by: str
+        self, tenant_id: str, phone_number_id: str, customer: str, phone: PhoneNumber, opened_by: str
     ) -> tuple[Document, bool]:
-        """An agent starts a chat: returns (chat, created); a new one announces chat.opened in its outbox."""
-        chat_id = domain.chat_id_for(tenant_id, phone_number_id, wa_id)
+        """An agent starts a chat with `customer` (`customer_for_phone`): returns (chat, created); a new one
+        announces chat.opened in its outbox."""
+        chat_id = domain.chat_id_for(tenant_id, phone_number_id, customer)
         chat_key = key(tenant_id, chat_id)
+        # The wa_id the customer was seen with, if they were; a BSUID-first customer keeps their BSUID.
+        wa_id, user_id = (phone.wa_id, customer) if is_bsuid(customer) else (customer, None)
         now = self._clock()
         event = ChatOpenedEvent.new(
             tenant_id=tenant_id,
@@ -168,7 +195,8 @@ class ChatRepository(ChatActivity):
                 chat_id=chat_id,
                 phone_number_id=phone_number_id,
                 wa_id=wa_id,
-                phone_e164="+" + wa_id,
+                user_id=user_id,
+                phone_e164=phone.e164,
                 opened_by=opened_by,
             ),
             event_id=derived_event_id("chat.opened", tenant_id, chat_id),
@@ -178,7 +206,7 @@ class ChatRepository(ChatActivity):
             existing = await self._held(chat_key)
             if existing is not None:
                 return existing, False
-            new = await self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None)
+            new = await self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None, user_id, customer)
             created = await self._create(new | {"outbox": [outbox_entry(event)]})
             if created is None:
                 return await self._existing(chat_key, chat_id), False
@@ -186,18 +214,26 @@ class ChatRepository(ChatActivity):
         return created, True
 
     async def _new_chat(
-        self, tenant_id: str, chat_id: str, phone_number_id: str, wa_id: str, profile_name: str | None
+        self,
+        tenant_id: str,
+        chat_id: str,
+        phone_number_id: str,
+        wa_id: str,
+        profile_name: str | None,
+        user_id: str | None = None,
+        customer: str | None = None,
     ) -> Document:
         """A chat about to be created (its lock held), showing the contact the projection holds: a contact change
-        that lands meanwhile waits for the lock and then finds the chat."""
+        that lands meanwhile waits for the lock and then finds the chat. It stores both of the customer's ids."""
         now = domain.millis(self._clock())
-        contact = await self.contact(tenant_id, wa_id)
+        contact = await self.contact(tenant_id, customer or customer_id(wa_id, user_id))
         return {
             "_id": key(tenant_id, chat_id),
             "chat_id": chat_id,
             "tenant_id": tenant_id,
             "phone_number_id": phone_number_id,
             "wa_id": wa_id,
+            "user_id": user_id,
             "profile_name": profile_name,
             "created_at": now,
             "contact": contact["view"] if contact else None,
@@ -232,7 +268,8 @@ class ChatRepository(ChatActivity):
         a new chat copies what the projection holds, and a contact change updates the chats that exist.
         """
         view = contact_view(snapshot)
-        contact_key = key(tenant_id, snapshot.wa_id)
+        customer = await self.customer_of(tenant_id, snapshot.wa_id, snapshot.user_id)
+        contact_key = key(tenant_id, customer)
         async with self._c.hold("contacts", contact_key):
             held = await self._c.contacts.find_one({"_id": contact_key})
             if held is None:
@@ -242,6 +279,7 @@ class ChatRepository(ChatActivity):
                             "_id": contact_key,
                             "tenant_id": tenant_id,
                             "wa_id": snapshot.wa_id,
+                            "user_id": snapshot.user_id,
                             "version": snapshot.version,
                             "view": view,
                         }
@@ -251,7 +289,7 @@ class ChatRepository(ChatActivity):
                     {"_id": contact_key}, {"$set": {"version": snapshot.version, "view": view}}
                 )
         for phone_number_id in self._numbers(tenant_id):
-            chat_id = domain.chat_id_for(tenant_id, phone_number_id, snapshot.wa_id)
+            chat_id = domain.chat_id_for(tenant_id, phone_number_id, customer)
             await self._set_contact(key(tenant_id, chat_id), view, snapshot.version)
 
     # --- read state --------------------------------------------------------------------------------------------
@@ -272,6 +310,7 @@ class ChatRepository(ChatActivity):
                     chat_id=chat_id,
                     phone_number_id=chat["phone_number_id"],
                     wa_id=chat["wa_id"],
+                    user_id=chat.get("user_id"),
                     read_by=read_by,
                     last_inbound_wamid=chat.get("last_inbound_wamid"),
                 ),
@@ -311,6 +350,7 @@ class ChatRepository(ChatActivity):
                     chat_id=chat_id,
                     phone_number_id=chat["phone_number_id"],
                     wa_id=chat["wa_id"],
+                    user_id=chat.get("user_id"),
                     unread_count=count,
                     marked_by=marked_by,
                 ),

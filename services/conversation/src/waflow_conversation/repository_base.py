@@ -71,6 +71,8 @@ class Collections:
         self.orphan_statuses: AsyncCollection[Document] = db["orphan_statuses"]
         # Edits and revokes that arrived before the message they name, by key(tenant, that message's wamid).
         self.held_amendments: AsyncCollection[Document] = db["held_amendments"]
+        # Which customer each id (a BSUID, every form of a number) belongs to (see waflow_common.customers).
+        self.customer_links: AsyncCollection[Document] = db["customer_links"]
 
     async def create_indexes(self) -> None:
         # Chats and messages are read by `_id` alone (lists and timelines come from memory), so an index of

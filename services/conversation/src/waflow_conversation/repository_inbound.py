@@ -49,8 +49,18 @@ class ChatActivity:
         raise NotImplementedError
 
     async def _new_chat(
-        self, tenant_id: str, chat_id: str, phone_number_id: str, wa_id: str, profile_name: str | None
+        self,
+        tenant_id: str,
+        chat_id: str,
+        phone_number_id: str,
+        wa_id: str,
+        profile_name: str | None,
+        user_id: str | None = None,
+        customer: str | None = None,
     ) -> Document:
+        raise NotImplementedError
+
+    async def customer_of(self, tenant_id: str, wa_id: str, user_id: str | None = None) -> str:
         raise NotImplementedError
 
     # --- inbound messages ------------------------------------------------------------------------------------
@@ -103,7 +113,10 @@ class ChatActivity:
                 new = chat is None
                 if chat is None:
                     m = received[0][1]
-                    chat = await self._new_chat(tenant_id, chat_id, m.phone_number_id, m.wa_id, m.profile_name)
+                    customer = await self.customer_of(tenant_id, m.wa_id, m.user_id)  # linked already: kept
+                    chat = await self._new_chat(
+                        tenant_id, chat_id, m.phone_number_id, m.wa_id, m.profile_name, m.user_id, customer
+                    )
                 folded = self._fold_inbound(chat, received)
                 if folded is None:
                     continue  # every one of them was counted before
@@ -171,6 +184,10 @@ class ChatActivity:
         inc: Document = {}
         if m.profile_name:
             sets["profile_name"] = m.profile_name
+        if m.user_id and not chat.get("user_id"):  # a BSUID joins the chat of a customer known by phone
+            sets["user_id"] = m.user_id
+        if m.wa_id and not chat.get("wa_id"):  # a number joins a BSUID-only customer's chat
+            sets["wa_id"] = m.wa_id
         if chat.get("last_message_at") is None or at >= chat["last_message_at"]:
             sets["last_message"] = {
                 "message_id": message_id,
@@ -227,6 +244,7 @@ class ChatActivity:
                 chat_id=chat["chat_id"],
                 phone_number_id=chat["phone_number_id"],
                 wa_id=chat["wa_id"],
+                user_id=chat.get("user_id"),
                 opened_at=chat.get("window_opened_at"),
                 expires_at=expires_at,
             ),

@@ -53,8 +53,10 @@ def request_hash(message: OutgoingMessage, reply_to_wamid: str | None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _chat_id(tenant_id: str, m: MessageReceived) -> str:
-    return domain.chat_id_for(tenant_id, m.phone_number_id, m.wa_id)
+async def _chat_id(chats: ChatRepository, tenant_id: str, m: MessageReceived) -> str:
+    """The chat of the message's customer on its number: kept under the customer's key (see customer_of)."""
+    customer = await chats.customer_of(tenant_id, m.wa_id, m.user_id)
+    return domain.chat_id_for(tenant_id, m.phone_number_id, customer)
 
 
 class MessageRepository:
@@ -95,7 +97,7 @@ class MessageRepository:
         for m, cause in received:
             if amends_another(m.content.type) or self._index.message_for(tenant_id, m.wamid) is not None:
                 continue  # an edit or revoke changes its message (below); or stored and counted before
-            chat_id = _chat_id(tenant_id, m)  # created with its first message
+            chat_id = await _chat_id(self._chats, tenant_id, m)  # created with its first message
             message_id = domain.inbound_message_id(tenant_id, m.wamid)
             queued = by_chat.setdefault(chat_id, [])
             if all(item[0] != message_id for item in queued):
@@ -116,7 +118,7 @@ class MessageRepository:
         # stopped before this step): edits and revokes that came first, then the ones that came now.
         await self.amendments.adopt(tenant_id, [m.wamid for m, _ in received])
         for m in amendments:
-            await self.amendments.apply(tenant_id, _chat_id(tenant_id, m), m)
+            await self.amendments.apply(tenant_id, await _chat_id(self._chats, tenant_id, m), m)
 
     async def _store(self, docs: list[Document]) -> None:
         if not docs:
@@ -182,6 +184,7 @@ class MessageRepository:
                 chat_id=chat["chat_id"],
                 phone_number_id=chat["phone_number_id"],
                 wa_id=chat["wa_id"],
+                user_id=chat.get("user_id"),
                 message=message,
                 reply_to=reply_to_wamid,
                 requested_by=requested_by,

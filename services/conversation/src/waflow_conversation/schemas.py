@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from waflow_common.customers import e164_of
 from waflow_common.events.inbound import (
     ButtonContent,
     ContactsContent,
@@ -46,7 +47,7 @@ class ContactOut(BaseModel):
     contact_id: str
     name: str | None
     profile_name: str | None
-    phone_e164: str
+    phone_e164: str | None
     tags: list[str]
     lists: list[ContactListOut]
     fields: dict[str, Any]
@@ -110,8 +111,9 @@ class ChatOut(BaseModel):
 
     chat_id: str
     phone_number_id: str
-    wa_id: str
-    phone_e164: str
+    wa_id: str = Field(description="the customer's number (digits, no +); empty for a BSUID-only customer")
+    user_id: str | None = Field(default=None, description="the customer's business-scoped user id, if known")
+    phone_e164: str | None = Field(description="null for a BSUID-only customer")
     display_name: str = Field(description="the contact's name, else the WhatsApp profile name, else the number")
     contact: ContactOut | None = Field(description="from contacts.v1; null until the contact is known")
     blacklisted: bool = Field(description="the contact is deleted/blacklisted: it is never messaged")
@@ -130,8 +132,9 @@ class ChatOut(BaseModel):
             chat_id=doc["chat_id"],
             phone_number_id=doc["phone_number_id"],
             wa_id=doc["wa_id"],
-            phone_e164="+" + doc["wa_id"],
-            display_name=name or "+" + doc["wa_id"],
+            user_id=doc.get("user_id"),
+            phone_e164=e164_of(doc["wa_id"]),
+            display_name=name or e164_of(doc["wa_id"]) or doc.get("user_id") or "",
             contact=ContactOut.model_validate(contact) if contact else None,
             blacklisted=bool(contact and contact.get("blacklisted")),
             last_message=LastMessageOut.model_validate(doc["last_message"]) if doc.get("last_message") else None,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from waflow_common.customers import is_bsuid
 from waflow_common.events.envelope import Clock
 from waflow_common.http import ERROR_RESPONSES, ApiError, NotFound, error_body, tenant_dependency
 from waflow_common.tenants import Tenant, TenantRegistry
@@ -273,15 +274,23 @@ async def recipient_state(
     tenant: CurrentTenant,
     ctx: Context,
     phone_number_id: Annotated[str, Path(max_length=40, examples=["118273645501928"])],
-    wa_id: Annotated[str, Path(pattern=r"^\d{1,20}$", examples=["15557654321"])],
+    wa_id: Annotated[
+        str,
+        Path(
+            pattern=r"^(\d{1,20}|[A-Z]{2}\.[A-Za-z0-9]{1,128})$",
+            description="the customer's wa_id, or their business-scoped user id when they show no number",
+            examples=["15557654321"],
+        ),
+    ],
 ) -> RecipientState:
     if phone_number_id not in tenant.phone_number_ids:
         raise NotFound("phone number not found")
-    last = ctx.repository.last_inbound_at(tenant.tenant_id, phone_number_id, wa_id)
+    number, user_id = ("", wa_id) if is_bsuid(wa_id) else (wa_id, None)
+    last = ctx.repository.last_inbound_at(tenant.tenant_id, phone_number_id, number, user_id)
     return RecipientState(
         phone_number_id=phone_number_id,
         wa_id=wa_id,
-        blacklisted=ctx.repository.blacklisted(tenant.tenant_id, wa_id),
+        blacklisted=ctx.repository.blacklisted(tenant.tenant_id, number, user_id),
         window_open=window_open(last, ctx.clock()),
         window_expires_at=last + WINDOW if last is not None else None,
     )

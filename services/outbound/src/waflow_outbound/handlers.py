@@ -54,6 +54,7 @@ class OutboundHandlers:
                     request_id=p.request_id,
                     phone_number_id=p.phone_number_id,
                     wa_id=p.wa_id,
+                    user_id=p.user_id,
                     message=p.message.model_dump(mode="json"),
                     reply_to=p.reply_to,
                     received_at=self.clock(),
@@ -77,7 +78,9 @@ class OutboundHandlers:
             return
         if isinstance(event, MessageReceivedEvent) and event.payload.opens_window:
             m = event.payload
-            await self.repository.record_inbound(event.tenant_id, m.phone_number_id, m.wa_id, m.wamid, m.timestamp)
+            await self.repository.record_inbound(
+                event.tenant_id, m.phone_number_id, m.wa_id, m.wamid, m.timestamp, user_id=m.user_id
+            )
         elif isinstance(event, TemplateStatusEvent):
             self.catalog.request_sync(event.tenant_id, event.payload.waba_id)
 
@@ -85,7 +88,14 @@ class OutboundHandlers:
         if event.tenant_id is None:
             return
         c = event.payload
-        await self.repository.record_contact(event.tenant_id, c.wa_id, c.version, c.blacklisted or c.deleted)
+        await self.repository.record_contact(
+            event.tenant_id,
+            c.wa_id,
+            c.version,
+            c.blacklisted or c.deleted,
+            contact_id=c.contact_id,
+            user_id=c.user_id,
+        )
 
     async def on_conversation(self, event: ConversationEvent) -> None:
         if not isinstance(event, ChatReadEvent) or event.tenant_id is None:
@@ -102,6 +112,7 @@ class OutboundHandlers:
             "wamid": read.last_inbound_wamid,
             "phone_number_id": read.phone_number_id,
             "wa_id": read.wa_id,
+            "user_id": read.user_id,
             "received_at": self.clock(),
             "correlation_id": event.correlation_id,
         }

@@ -28,7 +28,7 @@ class Job:
     tenant_id: str
     key: str  # request_id of a send; the wamid of a read receipt
     phone_number_id: str
-    wa_id: str
+    wa_id: str  # empty for a BSUID-only customer
     received_at: datetime
     correlation_id: str
     causation_id: str | None = None
@@ -37,6 +37,13 @@ class Job:
     attempts: int = 0
     not_before: float = 0.0  # loop time
     window_grace_used: bool = False
+    user_id: str | None = None  # the customer's BSUID, when known
+
+    @property
+    def customer(self) -> str:
+        """Who the job is for (the BSUID, else the wa_id): its queue and pace, so BSUID-only customers, whose
+        wa_id is empty, never share one."""
+        return self.user_id or self.wa_id
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,8 @@ class Lane:
         return sum(len(q) for q in self._queues.values())
 
     def submit(self, job: Job) -> None:
-        self._queues.setdefault(job.wa_id, deque()).append(job)
-        self._schedule(job.wa_id)
+        self._queues.setdefault(job.customer, deque()).append(job)
+        self._schedule(job.customer)
 
     def set_rate(self, rate: int) -> None:
         if rate != self.pace.rate:

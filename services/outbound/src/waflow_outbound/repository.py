@@ -21,6 +21,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from waflow_common.customers import identities
 
 from waflow_outbound.domain import WINDOW
 
@@ -34,7 +35,7 @@ RETRIES = "retries"  # one per attempt that Meta answered with a temporary failu
 OUTCOMES = "outcomes"  # one per request: the result event; its `_id` makes "one result per request" hold
 PUBLISHED = "published"  # one per outcome whose event Kafka acknowledged
 INBOUND = "inbound"  # customer messages that open the window
-CONTACTS = "contacts"  # contact snapshots (version, blacklisted)
+CONTACTS = "contacts"  # contact snapshots (contact_id, wa_id, user_id, version, blacklisted)
 READS = "reads"  # read receipts asked for
 READS_DONE = "reads_done"
 TEMPLATES = "templates"
@@ -148,7 +149,8 @@ class OutboundRepository:
         self._db = db
         self.journal = journal
         self._windows: dict[tuple[str, str, str], datetime] = {}
-        self._contacts: dict[tuple[str, str], tuple[int, bool]] = {}
+        self._contacts: dict[tuple[str, str], tuple[int, bool]] = {}  # (tenant, contact_id) → (version, blacklisted)
+        self._contact_ids: dict[tuple[str, str], set[str]] = {}  # (tenant, any id of a customer) → contact_ids
 
     async def create_indexes(self) -> None:
         # Point lookups all go through `_id` (tenant first); these serve the API's listing of small collections.
@@ -214,23 +216,48 @@ class OutboundRepository:
     # --- projections ---------------------------------------------------------------------------------------
     async def load_projections(self, now: datetime) -> None:
         async for record in self._db[INBOUND].find({"timestamp": {"$gte": now - WINDOW}}):
-            self._note_inbound(record["tenant_id"], record["phone_number_id"], record["wa_id"], record["timestamp"])
+            self._note_inbound(
+                record["tenant_id"],
+                record["phone_number_id"],
+                identities(record["wa_id"], record.get("user_id")),
+                record["timestamp"],
+            )
         async for record in self._db[CONTACTS].find({}):
-            self._note_contact(record["tenant_id"], record["wa_id"], record["version"], record["blacklisted"])
+            self._note_contact(
+                record["tenant_id"],
+                # Records written before contacts had ids here stand for the contact of their wa_id.
+                record.get("contact_id") or record["wa_id"],
+                identities(record["wa_id"], record.get("user_id")),
+                record["version"],
+                record["blacklisted"],
+            )
 
-    def _note_inbound(self, tenant_id: str, phone_number_id: str, wa_id: str, timestamp: datetime) -> None:
-        key = (tenant_id, phone_number_id, wa_id)
-        current = self._windows.get(key)
-        if current is None or timestamp > current:  # forward only: a late, older message never shortens it
-            self._windows[key] = timestamp
+    def _note_inbound(self, tenant_id: str, phone_number_id: str, ids: tuple[str, ...], timestamp: datetime) -> None:
+        """The window under every id of the customer (their BSUID, every form of their number)."""
+        for identity in ids:
+            key = (tenant_id, phone_number_id, identity)
+            current = self._windows.get(key)
+            if current is None or timestamp > current:  # forward only: a late, older message never shortens it
+                self._windows[key] = timestamp
 
-    def _note_contact(self, tenant_id: str, wa_id: str, version: int, blacklisted: bool) -> None:
-        current = self._contacts.get((tenant_id, wa_id))
+    def _note_contact(
+        self, tenant_id: str, contact_id: str, ids: tuple[str, ...], version: int, blacklisted: bool
+    ) -> None:
+        """Keeps each contact's newest state, and which contacts each of their ids names."""
+        current = self._contacts.get((tenant_id, contact_id))
         if current is None or version > current[0]:
-            self._contacts[(tenant_id, wa_id)] = (version, blacklisted)
+            self._contacts[(tenant_id, contact_id)] = (version, blacklisted)
+        for identity in ids:
+            self._contact_ids.setdefault((tenant_id, identity), set()).add(contact_id)
 
     async def record_inbound(
-        self, tenant_id: str, phone_number_id: str, wa_id: str, wamid: str, timestamp: datetime
+        self,
+        tenant_id: str,
+        phone_number_id: str,
+        wa_id: str,
+        wamid: str,
+        timestamp: datetime,
+        user_id: str | None = None,
     ) -> None:
         await self.journal.insert(
             INBOUND,
@@ -239,30 +266,53 @@ class OutboundRepository:
                 "tenant_id": tenant_id,
                 "phone_number_id": phone_number_id,
                 "wa_id": wa_id,
+                "user_id": user_id,
                 "timestamp": timestamp,
             },
         )
-        self._note_inbound(tenant_id, phone_number_id, wa_id, timestamp)
+        self._note_inbound(tenant_id, phone_number_id, identities(wa_id, user_id), timestamp)
 
-    def last_inbound_at(self, tenant_id: str, phone_number_id: str, wa_id: str) -> datetime | None:
-        return self._windows.get((tenant_id, phone_number_id, wa_id))
+    def last_inbound_at(
+        self, tenant_id: str, phone_number_id: str, wa_id: str, user_id: str | None = None
+    ) -> datetime | None:
+        """The customer's last message to that number, known by any of their ids."""
+        found = [self._windows.get((tenant_id, phone_number_id, i)) for i in identities(wa_id, user_id)]
+        return max((at for at in found if at is not None), default=None)
 
-    async def record_contact(self, tenant_id: str, wa_id: str, version: int, blacklisted: bool) -> None:
+    async def record_contact(
+        self,
+        tenant_id: str,
+        wa_id: str,
+        version: int,
+        blacklisted: bool,
+        *,
+        contact_id: str | None = None,
+        user_id: str | None = None,
+    ) -> None:
+        contact = contact_id or wa_id
         await self.journal.insert(
             CONTACTS,
             {
-                "_id": f"{tenant_id}:{wa_id}:{version}",
+                "_id": f"{tenant_id}:{contact}:{version}",
                 "tenant_id": tenant_id,
+                "contact_id": contact,
                 "wa_id": wa_id,
+                "user_id": user_id,
                 "version": version,
                 "blacklisted": blacklisted,
             },
         )
-        self._note_contact(tenant_id, wa_id, version, blacklisted)
+        self._note_contact(tenant_id, contact, identities(wa_id, user_id), version, blacklisted)
 
-    def blacklisted(self, tenant_id: str, wa_id: str) -> bool:
-        current = self._contacts.get((tenant_id, wa_id))
-        return current is not None and current[1]
+    def blacklisted(self, tenant_id: str, wa_id: str, user_id: str | None = None) -> bool:
+        """True if a blacklisted contact is known by any id of the customer: their BSUID or any form of their
+        number (a contact deleted as +52 1 55… blocks +52 55…, and the other way round)."""
+        for identity in identities(wa_id, user_id):
+            for contact_id in self._contact_ids.get((tenant_id, identity), ()):
+                current = self._contacts.get((tenant_id, contact_id))
+                if current is not None and current[1]:
+                    return True
+        return False
 
     # --- templates and favourites --------------------------------------------------------------------------
     async def replace_templates(self, tenant_id: str, waba_id: str, templates: list[Document]) -> None:

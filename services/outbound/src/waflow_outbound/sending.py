@@ -176,6 +176,7 @@ class Dispatcher:
                 request_id=job.key,
                 phone_number_id=job.phone_number_id,
                 wa_id=job.wa_id,
+                user_id=job.user_id,
                 reason=reason,
                 message=message,
                 meta_error=ref,
@@ -186,11 +187,17 @@ class Dispatcher:
     def _graph_body(self, job: Job, waba_id: str) -> dict[str, Any]:
         """Meta's `/messages` body, or a Rejection: every rule that can be checked without calling WhatsApp."""
         assert job.message is not None
-        if self._repository.blacklisted(job.tenant_id, job.wa_id):
+        if not job.wa_id and not job.user_id:
+            raise Rejection("invalid", "the request names no recipient: neither a wa_id nor a user_id")
+        if self._repository.blacklisted(job.tenant_id, job.wa_id, job.user_id):
             raise Rejection("blacklisted", "the contact is blacklisted (or deleted): it is never messaged")
-        body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": job.wa_id}
+        body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
+        if job.wa_id:
+            body["to"] = job.wa_id
+        else:  # a BSUID-only customer: Meta takes the business-scoped user id as `recipient`
+            body["recipient"] = job.user_id
         if job.message["type"] == "text":
-            last = self._repository.last_inbound_at(job.tenant_id, job.phone_number_id, job.wa_id)
+            last = self._repository.last_inbound_at(job.tenant_id, job.phone_number_id, job.wa_id, job.user_id)
             now = self._clock()
             if not window_open(last, now):
                 if (now - job.received_at).total_seconds() < self._settings.window_grace_seconds:
@@ -272,7 +279,7 @@ class Dispatcher:
         # No await between the check and `started`: no other call of this number can slip in between.
         lane.pace.started(lane.now())
         if job.kind == "send":
-            lane.recipient(job.wa_id).take(lane.now())
+            lane.recipient(job.customer).take(lane.now())
 
     def _note_record_latency(self, seconds: float) -> None:
         """Records start ahead of the slot by about twice their recent latency: too late and the call starts
@@ -290,6 +297,7 @@ class Dispatcher:
                 request_id=job.key,
                 phone_number_id=job.phone_number_id,
                 wa_id=job.wa_id,
+                user_id=job.user_id,
                 wamid=answer.wamid,
                 message_status=answer.message_status,
             ),
@@ -312,7 +320,7 @@ class Dispatcher:
         if handling == "slow_number":
             lane.pace.slow_down(now, delay)
         elif handling == "slow_recipient":
-            pace = lane.recipient(job.wa_id)
+            pace = lane.recipient(job.customer)
             pace.refused(now)
             delay = max(delay, pace.blocked_until - now)
         waited = (self._clock() - job.received_at).total_seconds()
@@ -360,6 +368,7 @@ def request_document(
     phone_number_id: str,
     wa_id: str,
     message: dict[str, Any],
+    user_id: str | None = None,
     reply_to: str | None,
     received_at: datetime,
     correlation_id: str,
@@ -371,6 +380,7 @@ def request_document(
         "request_id": request_id,
         "phone_number_id": phone_number_id,
         "wa_id": wa_id,
+        "user_id": user_id,
         "message": message,
         "reply_to": reply_to,
         "received_at": received_at,
@@ -386,6 +396,7 @@ def job_of(request: Document, attempts: int) -> Job:
         key=request["request_id"],
         phone_number_id=request["phone_number_id"],
         wa_id=request["wa_id"],
+        user_id=request.get("user_id"),
         received_at=request["received_at"],
         correlation_id=request["correlation_id"],
         causation_id=request.get("causation_id"),
@@ -402,6 +413,7 @@ def read_job_of(read: Document) -> Job:
         key=read["wamid"],
         phone_number_id=read["phone_number_id"],
         wa_id=read["wa_id"],
+        user_id=read.get("user_id"),
         received_at=read["received_at"],
         correlation_id=read["correlation_id"],
     )

@@ -50,7 +50,7 @@ def _describe(payload: Any) -> tuple[str | None, str | None]:
     if payload.get("status") is not None:
         message_id = payload.get("message_id")
         return (wa_id_of(message_id) if isinstance(message_id, str) else None), "read"
-    to, kind = payload.get("to"), payload.get("type", "text")
+    to, kind = payload.get("to") or payload.get("recipient"), payload.get("type", "text")
     return (to.removeprefix("+") if isinstance(to, str) else None), (kind if isinstance(kind, str) else None)
 
 
@@ -98,7 +98,11 @@ class Sender:
             message["message_status"] = "accepted"
         return 200, {
             "messaging_product": "whatsapp",
-            "contacts": [{"input": request.to, "wa_id": request.wa_id}],
+            "contacts": [
+                {"input": request.to, "user_id": request.user_id, "wa_id": ""}
+                if request.user_id
+                else {"input": request.to, "wa_id": request.wa_id}
+            ],
             "messages": [message],
         }
 
@@ -180,6 +184,8 @@ class Sender:
 
         def head(name: str, offset: int) -> dict[str, Any]:
             status = {"id": wamid, "status": name, "timestamp": str(base + offset), "recipient_id": request.wa_id}
+            if request.user_id:  # Meta's shape for a BSUID-only recipient: an empty recipient_id
+                status |= {"recipient_id": "", "recipient_user_id": request.user_id}
             if isinstance(opaque, str):
                 status["biz_opaque_callback_data"] = opaque
             return status

@@ -38,6 +38,8 @@ _INTERACTIVE_TYPES = frozenset(
     }
 )
 _TO = re.compile(r"^\+?\d{5,20}$")
+# A business-scoped user id: ISO country code, a period, up to 128 alphanumerics (e.g. US.13491208655302741918).
+_BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9]{1,128}$")
 _MAX_TEXT = 4096
 _MAX_BODY = 1024
 _MAX_CAPTION = 1024
@@ -45,12 +47,16 @@ _MAX_CAPTION = 1024
 
 @dataclass(frozen=True, slots=True)
 class SendRequest:
-    """A valid call: `type` is "read" for mark-as-read, `wa_id` is `to` without the plus."""
+    """A valid call: `type` is "read" for mark-as-read, `wa_id` is `to` without the plus.
+
+    Sent to a business-scoped user id (Meta's `recipient`, used when there is no `to`), `to` and `wa_id` are that
+    id and `user_id` says so: the simulator keeps a BSUID-only customer under their BSUID."""
 
     body: dict[str, Any]
     type: str
     to: str
     wa_id: str
+    user_id: str | None = None
 
 
 def _missing(path: str) -> GraphError:
@@ -245,9 +251,15 @@ def parse(payload: Any) -> SendRequest:
     if recipient_type not in ("individual", "group"):
         raise _one_of("recipient_type", ["individual", "group"], recipient_type)
     to = payload.get("to")
-    if to is None:
+    user_id = None
+    if to is None and payload.get("recipient") is not None:
+        user_id = payload["recipient"]
+        if not isinstance(user_id, str) or not _BSUID.fullmatch(user_id):
+            raise _value(f"Param recipient must be a business-scoped user id - got {user_id!r}.")
+        to = user_id
+    elif to is None:
         raise _missing("to")
-    if not isinstance(to, str) or not _TO.fullmatch(to):
+    elif not isinstance(to, str) or not _TO.fullmatch(to):
         raise _value(f"Param to must be a phone number or WhatsApp id (digits, optional +) - got {to!r}.")
     # Meta treats a missing type as text.
     kind = payload.get("type", "text")
@@ -269,4 +281,4 @@ def parse(payload: Any) -> SendRequest:
         if not isinstance(context, dict):
             raise _invalid("Param context must be a JSON object.")
         _field(context, "message_id", "context")
-    return SendRequest(payload, kind, to, to.removeprefix("+"))
+    return SendRequest(payload, kind, to, to.removeprefix("+"), user_id)

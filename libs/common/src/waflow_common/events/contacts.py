@@ -18,8 +18,10 @@ class ContactListRef(BaseModel):
 
 class ContactSnapshot(Payload):
     contact_id: str
-    wa_id: str = Field(description="Meta's id for the customer: digits, no +")
-    phone_e164: str
+    wa_id: str = Field(description="the customer's number as Meta's wa_id (digits, no +); empty for a BSUID-only one")
+    user_id: str | None = Field(default=None, description="the customer's business-scoped user id (BSUID), if known")
+    username: str | None = Field(default=None, description="the customer's WhatsApp username, if they have one")
+    phone_e164: str | None = Field(default=None, description="the number in E.164; None for a BSUID-only customer")
     name: str | None = Field(default=None, description="the name agents gave; wins over the profile name")
     profile_name: str | None = None
     tags: list[str] = Field(default_factory=list)
@@ -39,3 +41,9 @@ class ContactChangedEvent(Envelope[ContactSnapshot]):
     topic: ClassVar[str] = topics.CONTACTS
     event_type: Literal["contact.changed"] = "contact.changed"
     schema_version: Literal[1] = 1
+
+    def key(self) -> str:
+        """The number first, then the BSUID: contacts.v1 is compacted, so a contact's key must not change when a
+        BSUID is linked to a customer known by phone (a BSUID-only contact that later shows a number moves once;
+        consumers keep the highest version per contact, so the older record left under the BSUID is harmless)."""
+        return f"{self.tenant_id}:{self.payload.wa_id or self.payload.user_id}"

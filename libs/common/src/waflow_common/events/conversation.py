@@ -13,7 +13,8 @@ from waflow_common.events.envelope import Envelope, Payload
 class ChatRef(Payload):
     chat_id: str
     phone_number_id: str
-    wa_id: str
+    wa_id: str = Field(description="the customer's number (digits, no +); empty for a BSUID-only customer")
+    user_id: str | None = Field(default=None, description="the customer's business-scoped user id, if known")
 
 
 class ChatOpened(ChatRef):

@@ -34,7 +34,10 @@ class SendRequested(Payload):
     request_id: str = Field(description="idempotency key: one request_id is sent at most once")
     chat_id: str | None = None
     phone_number_id: str
-    wa_id: str = Field(description="the recipient")
+    wa_id: str = Field(description="the recipient's number (Meta's `to`); empty for a BSUID-only customer")
+    user_id: str | None = Field(
+        default=None, description="the recipient's business-scoped user id: Meta's `recipient` when there is no wa_id"
+    )
     message: OutgoingMessage
     reply_to: str | None = Field(default=None, description="wamid to quote")
     requested_by: str
@@ -65,6 +68,7 @@ class SendAccepted(Payload):
     request_id: str
     phone_number_id: str
     wa_id: str
+    user_id: str | None = None
     wamid: str
     message_status: str | None = Field(default=None, description="Meta's pacing state for templates")
 
@@ -73,6 +77,7 @@ class SendRejected(Payload):
     request_id: str
     phone_number_id: str
     wa_id: str
+    user_id: str | None = None
     reason: RejectReason
     message: str
     meta_error: MetaErrorRef | None = None
