@@ -1,6 +1,7 @@
 """A tenant with two business numbers under two WABAs, end to end on real Kafka and FerretDB with the WhatsApp
 simulator over HTTP: a customer who writes to both numbers has one chat per number, an agent's reply leaves from
-its chat's number, and each number keeps its own pace, a backlog on one never holding up the other.
+its chat's number, each number keeps its own pace, a backlog on one never holding up the other, and a deleted
+contact gets nothing from either number, read receipts included.
 
 Pacing is checked the only way a test may: as counts of calls per one-second window of the simulator's own
 receive times (a rate), never as how long anything took.
@@ -8,8 +9,9 @@ receive times (a rate), never as how long anything took.
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,8 @@ from waflow_common.admin import Admin, TenantFile
 from waflow_common.events.outbound import SendRequested, SendRequestedEvent, TemplateMessage
 from waflow_common.events.tenants import PhoneNumber
 from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
+from waflow_contacts.main import ContactsSettings
+from waflow_contacts.main import create_app as create_contacts
 from waflow_conversation.main import ConversationSettings
 from waflow_conversation.main import create_app as create_conversation
 from waflow_ingest.main import IngestSettings
@@ -57,6 +61,8 @@ ACCESS_TOKEN = "access-token-tenant-many"
 class Stack:
     sim: SimulatorClient
     chats: httpx.AsyncClient
+    contacts: httpx.AsyncClient
+    outbound: httpx.AsyncClient
     publisher: EventPublisher
 
 
@@ -94,6 +100,7 @@ async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
             serve(simulator) as sim_url,
             serve(create_ingest(settings_for(IngestSettings, env))) as ingest_url,
             serve(create_conversation(settings)) as conversation_url,
+            serve(create_contacts(settings_for(ContactsSettings, env))) as contacts_url,
             SimulatorClient(sim_url) as sim,
         ):
             await sim.put_app(
@@ -117,6 +124,7 @@ async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
                 serve(outbound_app) as outbound_url,
                 httpx.AsyncClient(base_url=conversation_url, headers=auth, timeout=30) as chats,
                 httpx.AsyncClient(base_url=outbound_url, headers=auth, timeout=30) as outbound,
+                httpx.AsyncClient(base_url=contacts_url, headers=auth, timeout=30) as contacts,
             ):
 
                 async def both_wabas_synced() -> bool:
@@ -125,7 +133,7 @@ async def stack(settings_env: dict[str, str]) -> AsyncIterator[Stack]:
                     return found == {NUMBER_A.waba_id, NUMBER_B.waba_id}
 
                 await eventually(both_wabas_synced, timeout=WAIT, what="the templates of both WABAs")
-                yield Stack(sim, chats, EventPublisher(broker, settings))
+                yield Stack(sim, chats, contacts, outbound, EventPublisher(broker, settings))
     finally:
         await broker.stop()
 
@@ -139,10 +147,8 @@ async def chats_of(stack: Stack, wa_id: str) -> dict[str, dict[str, Any]]:
     return {c["phone_number_id"]: c for c in items if c["wa_id"] == wa_id and c["last_message"]}
 
 
-async def test_a_customer_writing_to_both_numbers_has_a_chat_per_number_and_replies_leave_from_its_number(
-    stack: Stack,
-) -> None:
-    wa_id = new_wa_id()
+async def write_to_both(stack: Stack, wa_id: str) -> dict[str, dict[str, Any]]:
+    """The customer writes to each number; returns their chats by phone_number_id once both are shown."""
     await stack.sim.customer_message(NUMBER_A.phone_number_id, wa_id, text="to the shop", name="Ana")
     await stack.sim.customer_message(NUMBER_B.phone_number_id, wa_id, text="to the support line", name="Ana")
 
@@ -150,7 +156,14 @@ async def test_a_customer_writing_to_both_numbers_has_a_chat_per_number_and_repl
         found = await chats_of(stack, wa_id)
         return found if len(found) == 2 else None
 
-    chats = await eventually(two_chats, timeout=WAIT, what="a chat per number")
+    return await eventually(two_chats, timeout=WAIT, what="a chat per number")
+
+
+async def test_a_customer_writing_to_both_numbers_has_a_chat_per_number_and_replies_leave_from_its_number(
+    stack: Stack,
+) -> None:
+    wa_id = new_wa_id()
+    chats = await write_to_both(stack, wa_id)
     assert set(chats) == {NUMBER_A.phone_number_id, NUMBER_B.phone_number_id}
     assert len({c["chat_id"] for c in chats.values()}) == 2
     for number, text in ((NUMBER_A, "to the shop"), (NUMBER_B, "to the support line")):
@@ -224,3 +237,60 @@ async def test_each_number_keeps_its_own_pace_and_a_backlog_on_one_does_not_hold
     last_b = max(c.received_at for c in sent[NUMBER_B])
     a_before_b_finished = sum(1 for c in sent[NUMBER_A] if c.received_at <= last_b)
     assert a_before_b_finished < len(backlog_a)
+
+
+async def read_receipts(stack: Stack) -> dict[str, float]:
+    """Read receipts outbound has finished so far, by outcome (its own metric): "accepted" or why not."""
+    text = (await stack.outbound.get("/metrics")).text
+    pattern = r'^waflow_outbound_read_receipts_total\{outcome="([a-z_]+)"\} (\S+)$'
+    return {outcome: float(value) for outcome, value in re.findall(pattern, text, re.MULTILINE)}
+
+
+async def test_a_deleted_contact_gets_nothing_from_either_number_not_even_a_read_receipt(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    chats = await write_to_both(stack, wa_id)
+    contact = await eventually(
+        lambda: _found(stack.contacts.get(f"/v1/contacts/by-phone/{wa_id}")), timeout=WAIT, what="the contact"
+    )
+    deleted = await stack.contacts.delete(f"/v1/contacts/{contact['contact_id']}", headers={"X-Actor": "agent:test"})
+    assert deleted.status_code == 200, deleted.text
+
+    async def both_chats_blacklisted() -> bool:
+        found = await chats_of(stack, wa_id)
+        return len(found) == 2 and all(c["blacklisted"] is True for c in found.values())
+
+    await eventually(both_chats_blacklisted, timeout=WAIT, what="both chats showing the blacklist")
+    for chat in chats.values():
+        answer = await stack.chats.post(f"/v1/chats/{chat['chat_id']}/messages", json={"type": "text", "body": "hi"})
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"]["code"] == "blacklisted"
+
+    # Outbound learns the blacklist from contacts.v1 and the read from conversation.v1: two topics, each
+    # followed on its own. The rule under test is what outbound does once it knows, so wait for that.
+    async def outbound_knows() -> bool:
+        for number in (NUMBER_A, NUMBER_B):
+            state = (await stack.outbound.get(f"/v1/recipients/{number.phone_number_id}/{wa_id}")).json()
+            if state["blacklisted"] is not True:
+                return False
+        return True
+
+    await eventually(outbound_knows, timeout=WAIT, what="outbound's blacklist")
+    before = await read_receipts(stack)
+    for chat in chats.values():
+        read = await stack.chats.post(f"/v1/chats/{chat['chat_id']}/read", json={"by": "agent:test"})
+        assert read.status_code == 200, read.text
+
+    async def both_reads_finished() -> dict[str, float] | None:
+        now = await read_receipts(stack)
+        grown = {k: v - before.get(k, 0.0) for k, v in now.items() if v > before.get(k, 0.0)}
+        return grown if sum(grown.values()) >= 2 else None
+
+    finished = await eventually(both_reads_finished, timeout=WAIT, what="both read receipts finished")
+    for number in (NUMBER_A, NUMBER_B):
+        assert [(s.type, s.body) for s in await stack.sim.sent(number.phone_number_id, to=wa_id)] == []
+    assert finished == {"blacklisted": 2}
+
+
+async def _found(request: Awaitable[httpx.Response]) -> dict[str, Any] | None:
+    response = await request
+    return response.json() if response.status_code == 200 else None  # type: ignore[no-any-return]

@@ -45,6 +45,12 @@ RESULTS = Counter("waflow_outbound_results_total", "Send results by outcome", ["
 CALLS = Counter("waflow_outbound_calls_total", "Calls to WhatsApp by answer", ["answer"])
 LATE_STARTS = Counter("waflow_outbound_held_starts_total", "Calls held back by the one-second cap")
 LATENCY = Histogram("waflow_outbound_call_seconds", "Duration of one /messages call")
+READS = Counter("waflow_outbound_read_receipts_total", "Read receipts finished: accepted, or why not", ["outcome"])
+REFUSED = Counter(
+    "waflow_outbound_refused_total",
+    "Calls stopped before WhatsApp (the gate, templates), by kind and reason",
+    ["kind", "reason"],
+)
 
 
 @dataclass(frozen=True)
@@ -257,12 +263,14 @@ class Dispatcher:
         return replace(early, body=body)
 
     async def _refuse(self, job: Job, rejection: Rejection) -> None:
+        REFUSED.labels(call_kind(job), rejection.reason).inc()
         if job.kind == "read":
             await self._read_done(job, rejection.reason)
         else:
             await self.reject(job, rejection.reason, rejection.message, rejection.meta)
 
     async def _read_done(self, job: Job, outcome: str) -> None:
+        READS.labels(outcome).inc()
         await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id, outcome)
 
     # --- one job -------------------------------------------------------------------------------------------
