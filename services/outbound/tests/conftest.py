@@ -11,11 +11,14 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
+from pymongo.asynchronous.database import AsyncDatabase
 from waflow_common import topics
 from waflow_common.events.contacts import ContactChangedEvent, ContactSnapshot
+from waflow_common.events.conversation import ChatRead, ChatReadEvent
 from waflow_common.events.inbound import MessageReceived, MessageReceivedEvent, TextContent
 from waflow_common.events.outbound import SendRequested, SendRequestedEvent, TemplateMessage, TextMessage
 from waflow_common.kafka import EventPublisher, make_broker
+from waflow_common.mongo import make_mongo_client, service_database
 from waflow_common.settings import CommonSettings
 from waflow_outbound.main import OutboundSettings, create_app
 from waflow_simulator.client import SimulatorClient
@@ -199,3 +202,37 @@ async def open_window(
     await publisher.publish(customer_wrote(tenant, wa_id, written.wamid))
     await wait_until(api, tenant, wa_id, window_open=True)
     return written.wamid
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def outbound_db(settings_env: dict[str, str]) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+    """Outbound's own database, for tests that wait on what outbound recorded (its journal is the truth)."""
+    settings = settings_for(CommonSettings, settings_env)
+    client = make_mongo_client(settings)
+    try:
+        yield service_database(client, settings, "waflow_outbound")
+    finally:
+        await client.close()
+
+
+def chat_read(tenant: SeededTenant, wa_id: str, last_inbound_wamid: str) -> ChatReadEvent:
+    return ChatReadEvent.new(
+        tenant_id=tenant.tenant_id,
+        payload=ChatRead(
+            chat_id=f"ch_{wa_id}",
+            phone_number_id=tenant.phone_number_id,
+            wa_id=wa_id,
+            read_by="agent:test",
+            last_inbound_wamid=last_inbound_wamid,
+        ),
+    )
+
+
+async def read_handled(db: AsyncDatabase[dict[str, Any]], tenant: SeededTenant, wamid: str) -> dict[str, Any]:
+    """Waits until outbound has finished with a read receipt (called WhatsApp, or decided not to)."""
+    for _ in range(400):
+        done = await db["reads_done"].find_one({"_id": f"{tenant.tenant_id}:read:{wamid}"})
+        if done is not None:
+            return done
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"outbound never finished the read receipt of {wamid}")

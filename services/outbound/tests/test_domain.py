@@ -12,10 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from waflow_outbound.domain import (
+    CALL_KINDS,
+    Call,
+    Cleared,
     MetaFailure,
     NumberPace,
     RecipientPace,
     backoff_seconds,
+    clear,
     window_open,
 )
 from waflow_outbound.domain_templates import (
@@ -34,6 +38,31 @@ def test_the_window_lasts_24_hours_from_the_customers_message() -> None:
     assert window_open(T0, T0 + timedelta(hours=23, minutes=59))
     assert not window_open(T0, T0 + timedelta(hours=24))
     assert not window_open(None, T0)
+
+
+@pytest.mark.parametrize("kind", CALL_KINDS)
+def test_the_gate_stops_every_kind_of_call_to_a_blacklisted_customer(kind: Any) -> None:
+    call = Call(kind, "t", "pn", "w", {})
+    for window in (True, False):
+        assert clear(call, blacklisted=True, window_open=window) == "blacklisted"
+    cleared = clear(call, blacklisted=False, window_open=True)
+    assert isinstance(cleared, Cleared)
+    assert cleared.call is call
+
+
+def test_outside_the_window_only_a_template_passes_the_gate() -> None:
+    passed = {
+        k
+        for k in CALL_KINDS
+        if isinstance(clear(Call(k, "t", "pn", "w", {}), blacklisted=False, window_open=False), Cleared)
+    }
+    assert passed == {"template"}
+    assert clear(Call("read", "t", "pn", "w", {}), blacklisted=False, window_open=False) == "window_closed"
+
+
+def test_a_call_cannot_be_cleared_around_the_gate() -> None:
+    with pytest.raises(TypeError):
+        Cleared(Call("read", "t", "pn", "w", {}), gate=object())
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,20 @@ async def test_mark_as_read_answers_success_and_is_logged(sim: SimulatorClient, 
     assert (record.type, record.to, record.wamid) == ("read", ids.customer, None)
 
 
+async def test_the_sent_log_finds_every_call_by_number_customer_and_kind(
+    sim: SimulatorClient, send, open_window, ids
+) -> None:
+    await send(_sample("text.json"))
+    await send(_sample("mark_as_read_typing.json"))
+    await send(_template("open_template", "en", _body("x")))
+
+    assert [s.type for s in await sim.sent(ids.number_id, to=ids.customer)] == ["text", "read", "template"]
+    [read] = await sim.sent(ids.number_id, to=ids.customer, type="read")
+    assert read.body["typing_indicator"] == {"type": "text"}
+    assert [s.type for s in await sim.sent(type="template")] == ["template"]
+    assert await sim.sent("another-number", type="read") == []
+
+
 async def test_wrong_token_is_190_with_metas_graph_shape(sim: SimulatorClient, send) -> None:
     response = await send(_sample("text.json"), token="expired")
 

@@ -1,4 +1,5 @@
-"""Outbound's pure rules: the window, Meta's error codes, pacing per number and per recipient, retry backoff."""
+"""Outbound's pure rules: the gate every call passes, the window, Meta's error codes, pacing per number and per
+recipient, retry backoff."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from waflow_common.events.outbound import RejectReason
 
@@ -16,6 +17,59 @@ WINDOW = timedelta(hours=24)
 def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
     """The customer-service window: 24 hours from Meta's timestamp of the customer's last message."""
     return last_inbound_at is not None and now < last_inbound_at + WINDOW
+
+
+# --- the gate ----------------------------------------------------------------------------------------------------
+
+# Every kind of call outbound makes to a customer through WhatsApp. A typing indicator rides on a read receipt
+# (Meta's `typing_indicator` of mark-as-read); a reaction would be a kind of its own.
+CallKind = Literal["text", "template", "read"]
+CALL_KINDS: tuple[CallKind, ...] = get_args(CallKind)
+# The kinds that may reach a customer whose 24-hour window is closed: Meta takes only templates then. Meta
+# would also take a read receipt for 30 days, but our rule is stricter: after the window, nothing but an
+# approved template an agent chose. Every other kind, a future one included, needs the window open.
+OUTSIDE_WINDOW: frozenset[CallKind] = frozenset({"template"})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call to WhatsApp's `/messages` that reaches one customer."""
+
+    kind: CallKind
+    tenant_id: str
+    phone_number_id: str
+    wa_id: str
+    body: dict[str, Any]
+    user_id: str | None = None  # the customer's BSUID, when Meta gave one
+
+
+def refusal(kind: CallKind, *, blacklisted: bool, window_open: bool) -> RejectReason | None:
+    """Our rules for any call to a customer, whatever its kind: None when it may go."""
+    if blacklisted:
+        return "blacklisted"
+    if kind not in OUTSIDE_WINDOW and not window_open:
+        return "window_closed"
+    return None
+
+
+_GATE = object()
+
+
+class Cleared:
+    """A call the gate let through. The WhatsApp client posts nothing else, so no kind of call can skip it."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Call, *, gate: object) -> None:
+        if gate is not _GATE:
+            raise TypeError("only `clear` lets a call through")
+        self.call = call
+
+
+def clear(call: Call, *, blacklisted: bool, window_open: bool) -> Cleared | RejectReason:
+    """The gate: the call, cleared, or the reason it must not reach the customer."""
+    reason = refusal(call.kind, blacklisted=blacklisted, window_open=window_open)
+    return reason if reason is not None else Cleared(call, gate=_GATE)
 
 
 # --- Meta's answers ----------------------------------------------------------------------------------------------

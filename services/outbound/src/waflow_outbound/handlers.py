@@ -98,6 +98,14 @@ class OutboundHandlers:
         )
 
     async def on_conversation(self, event: ConversationEvent) -> None:
+        """An agent read a chat: mark its last customer message read on WhatsApp, if the gate lets it.
+
+        Recorded either way (a restart resumes it); the gate decides at call time like for any message. Known
+        limit: the blacklist comes from contacts.v1 and the read from conversation.v1, two topics followed on
+        their own, so a read announced within moments of a deletion can reach the gate before the deletion
+        does. Conversation, which already refuses to message a blacklisted chat, can close that gap by not
+        naming a wamid to mark for one.
+        """
         if not isinstance(event, ChatReadEvent) or event.tenant_id is None:
             return
         read = event.payload

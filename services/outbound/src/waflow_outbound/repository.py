@@ -180,8 +180,9 @@ class OutboundRepository:
     async def record_read(self, document: Document) -> bool:
         return await self.journal.insert(READS, document)
 
-    async def read_done(self, key: str, tenant_id: str) -> None:
-        await self.journal.insert(READS_DONE, {"_id": key, "tenant_id": tenant_id})
+    async def read_done(self, key: str, tenant_id: str, outcome: str) -> None:
+        """A read receipt is finished: `accepted` by WhatsApp, or the reason it was not (or could not be) sent."""
+        await self.journal.insert(READS_DONE, {"_id": key, "tenant_id": tenant_id, "outcome": outcome})
 
     async def _ids(self, name: str) -> set[str]:
         return {d["_id"] async for d in self._db[name].find({}, {"_id": 1})}

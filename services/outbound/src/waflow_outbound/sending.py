@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -24,7 +24,16 @@ from waflow_common.kafka import EventPublisher, PublishError
 from waflow_common.tenants import TenantRegistry
 
 from waflow_outbound.catalog import TemplateCatalog
-from waflow_outbound.domain import MetaFailure, NumberPace, backoff_seconds, window_open
+from waflow_outbound.domain import (
+    Call,
+    CallKind,
+    Cleared,
+    MetaFailure,
+    NumberPace,
+    backoff_seconds,
+    clear,
+    window_open,
+)
 from waflow_outbound.domain_templates import TemplateParamsError, bind, meta_components
 from waflow_outbound.lanes import Job, Lane, LaneSettings
 from waflow_outbound.repository import Document, OutboundRepository, Recovered
@@ -36,6 +45,12 @@ RESULTS = Counter("waflow_outbound_results_total", "Send results by outcome", ["
 CALLS = Counter("waflow_outbound_calls_total", "Calls to WhatsApp by answer", ["answer"])
 LATE_STARTS = Counter("waflow_outbound_held_starts_total", "Calls held back by the one-second cap")
 LATENCY = Histogram("waflow_outbound_call_seconds", "Duration of one /messages call")
+READS = Counter("waflow_outbound_read_receipts_total", "Read receipts finished: accepted, or why not", ["outcome"])
+REFUSED = Counter(
+    "waflow_outbound_refused_total",
+    "Calls stopped before WhatsApp (the gate, templates), by kind and reason",
+    ["kind", "reason"],
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,20 @@ class Rejection(Exception):
         self.reason: RejectReason = reason
         self.message = message
         self.meta = meta
+
+
+REFUSALS: dict[RejectReason, str] = {
+    "blacklisted": "the contact is blacklisted (or deleted): it is never messaged",
+    "window_closed": "free-form messages need an open 24-hour window; send a template",
+}
+
+
+def call_kind(job: Job) -> CallKind:
+    if job.kind == "read":
+        return "read"
+    assert job.message is not None
+    kind: CallKind = "template" if job.message["type"] == "template" else "text"
+    return kind
 
 
 class WaitForWindow(Exception):
@@ -183,26 +212,41 @@ class Dispatcher:
             ),
         )
 
-    # --- the checks before any call --------------------------------------------------------------------------
-    def _graph_body(self, job: Job, waba_id: str) -> dict[str, Any]:
-        """Meta's `/messages` body, or a Rejection: every rule that can be checked without calling WhatsApp."""
+    # --- the gate and the checks before any call ------------------------------------------------------------
+    def _gate(self, call: Call) -> Cleared | RejectReason:
+        """The one gate of every call to a customer: the domain's rules over this process's projections."""
+        last = self._repository.last_inbound_at(call.tenant_id, call.phone_number_id, call.wa_id, call.user_id)
+        return clear(
+            call,
+            blacklisted=self._repository.blacklisted(call.tenant_id, call.wa_id, call.user_id),
+            window_open=window_open(last, self._clock()),
+        )
+
+    def _call(self, job: Job, waba_id: str) -> Call:
+        """The call a job makes, or a Rejection: every rule that can be checked without calling WhatsApp.
+
+        The gate runs first, so a blacklisted customer is told apart from a wrong template; it runs again
+        just before the call (`_run`), as a blacklist or window learned while the call waited still applies.
+        """
+        kind = call_kind(job)
+        early = Call(kind, job.tenant_id, job.phone_number_id, job.wa_id, {}, job.user_id)
+        gate = self._gate(early)
+        waited = (self._clock() - job.received_at).total_seconds()
+        if gate == "window_closed" and waited < self._settings.window_grace_seconds:
+            raise WaitForWindow  # the customer's message may still be on its way to our projection
+        if not isinstance(gate, Cleared):
+            raise Rejection(gate, REFUSALS[gate])
+        if kind == "read":
+            return replace(early, body={"messaging_product": "whatsapp", "status": "read", "message_id": job.key})
         assert job.message is not None
         if not job.wa_id and not job.user_id:
             raise Rejection("invalid", "the request names no recipient: neither a wa_id nor a user_id")
-        if self._repository.blacklisted(job.tenant_id, job.wa_id, job.user_id):
-            raise Rejection("blacklisted", "the contact is blacklisted (or deleted): it is never messaged")
         body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
         if job.wa_id:
             body["to"] = job.wa_id
         else:  # a BSUID-only customer: Meta takes the business-scoped user id as `recipient`
             body["recipient"] = job.user_id
-        if job.message["type"] == "text":
-            last = self._repository.last_inbound_at(job.tenant_id, job.phone_number_id, job.wa_id, job.user_id)
-            now = self._clock()
-            if not window_open(last, now):
-                if (now - job.received_at).total_seconds() < self._settings.window_grace_seconds:
-                    raise WaitForWindow
-                raise Rejection("window_closed", "free-form messages need an open 24-hour window; send a template")
+        if kind == "text":
             body |= {"type": "text", "text": {"body": job.message["body"], "preview_url": job.message["preview_url"]}}
         else:
             name, language = job.message["name"], job.message["language"]
@@ -223,7 +267,18 @@ class Dispatcher:
             body["context"] = {"message_id": job.reply_to}
         # Meta echoes it on every status: lets anyone reconcile a message with the request that sent it.
         body["biz_opaque_callback_data"] = job.key
-        return body
+        return replace(early, body=body)
+
+    async def _refuse(self, job: Job, rejection: Rejection) -> None:
+        REFUSED.labels(call_kind(job), rejection.reason).inc()
+        if job.kind == "read":
+            await self._read_done(job, rejection.reason)
+        else:
+            await self.reject(job, rejection.reason, rejection.message, rejection.meta)
+
+    async def _read_done(self, job: Job, outcome: str) -> None:
+        READS.labels(outcome).inc()
+        await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id, outcome)
 
     # --- one job -------------------------------------------------------------------------------------------
     async def _run(self, lane: Lane, job: Job) -> Job | None:
@@ -236,25 +291,28 @@ class Dispatcher:
         if tenant is None or number is None:
             if job.kind == "send":
                 await self.reject(job, "invalid", "the tenant has no such phone number")
+            else:
+                await self._read_done(job, "invalid")
             return None
-        if job.kind == "read":
-            body = {"messaging_product": "whatsapp", "status": "read", "message_id": job.key}
-        else:
-            try:
-                body = self._graph_body(job, number.waba_id)
-            except WaitForWindow:
-                if job.window_grace_used:
-                    await self.reject(job, "window_closed", "free-form messages need an open 24-hour window")
-                    return None
-                job.window_grace_used = True
-                job.not_before = lane.now() + self._settings.window_grace_seconds
-                return job
-            except Rejection as exc:
-                await self.reject(job, exc.reason, exc.message, exc.meta)
+        try:
+            call = self._call(job, number.waba_id)
+        except WaitForWindow:
+            if job.window_grace_used:
+                await self._refuse(job, Rejection("window_closed", REFUSALS["window_closed"]))
                 return None
+            job.window_grace_used = True
+            job.not_before = lane.now() + self._settings.window_grace_seconds
+            return job
+        except Rejection as exc:
+            await self._refuse(job, exc)
+            return None
         await self._wait_for_slot(lane, job)
+        cleared = self._gate(call)
+        if not isinstance(cleared, Cleared):
+            await self._refuse(job, Rejection(cleared, REFUSALS[cleared]))
+            return None
         with LATENCY.time():
-            answer = await self._whatsapp.post_message(job.phone_number_id, tenant.access_token, body)
+            answer = await self._whatsapp.post_message(cleared, tenant.access_token)
         if isinstance(answer, Accepted):
             CALLS.labels("accepted").inc()
             lane.pace.succeeded()
@@ -289,7 +347,7 @@ class Dispatcher:
 
     async def _accepted(self, job: Job, answer: Accepted) -> None:
         if job.kind == "read":
-            await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id)
+            await self._read_done(job, "accepted")
             return
         await self.finish(
             job,
@@ -308,7 +366,7 @@ class Dispatcher:
         if handling == "reject":
             if job.kind == "read":
                 log.warning("WhatsApp refused a read receipt", extra={"code": failure.code})
-                await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id)
+                await self._read_done(job, failure.reason)
                 return None
             message = failure.title or f"WhatsApp refused the message ({failure.code})"
             await self.reject(job, failure.reason, message, failure)
@@ -326,7 +384,7 @@ class Dispatcher:
         waited = (self._clock() - job.received_at).total_seconds()
         if waited + delay > self._settings.retry_max_seconds:
             if job.kind == "read":
-                await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id)
+                await self._read_done(job, "gave_up")
                 return None
             await self.reject(job, "gave_up", f"WhatsApp kept failing for {waited:.0f}s: {failure.title}", failure)
             return None

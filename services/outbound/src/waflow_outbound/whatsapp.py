@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from waflow_outbound.domain import MetaFailure
+from waflow_outbound.domain import Cleared, MetaFailure
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,14 @@ class WhatsAppClient:
     def _url(self, object_id: str, edge: str) -> str:
         return f"{self._base}/{self._version}/{object_id}/{edge}"
 
-    async def post_message(self, phone_number_id: str, token: str, body: dict[str, Any]) -> Accepted | MetaFailure:
-        """One `/messages` call. Transport errors come back as a failure without a code (temporary)."""
+    async def post_message(self, cleared: Cleared, token: str) -> Accepted | MetaFailure:
+        """One `/messages` call, of a call the gate cleared (there is no other way to reach a customer).
+        Transport errors come back as a failure without a code (temporary)."""
+        call = cleared.call
+        body = call.body
         try:
             response = await self._http.post(
-                self._url(phone_number_id, "messages"), json=body, headers={"Authorization": f"Bearer {token}"}
+                self._url(call.phone_number_id, "messages"), json=body, headers={"Authorization": f"Bearer {token}"}
             )
         except httpx.TransportError as exc:
             return MetaFailure(http_status=None, code=None, title=type(exc).__name__, details=str(exc)[:300])

@@ -180,8 +180,12 @@ class SimulatorClient:
     async def mark_undeliverable(self, wa_id: str) -> None:
         await self._call("POST", "/_sim/undeliverable", json={"wa_id": wa_id})
 
-    async def sent(self, phone_number_id: str | None = None, to: str | None = None) -> list[SentMessage]:
-        params = {k: v for k, v in (("phone_number_id", phone_number_id), ("to", to)) if v is not None}
+    async def sent(
+        self, phone_number_id: str | None = None, to: str | None = None, type: str | None = None
+    ) -> list[SentMessage]:
+        """Every call the simulator received, optionally of one number, to one customer, of one kind."""
+        given = (("phone_number_id", phone_number_id), ("to", to), ("type", type))
+        params = {k: v for k, v in given if v is not None}
         return _SENT.validate_python((await self._call("GET", "/_sim/sent", params=params)).json())
 
     async def clear_sent(self) -> None:

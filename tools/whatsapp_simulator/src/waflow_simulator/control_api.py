@@ -79,12 +79,18 @@ def control_router(state: SimState, customers: Customers, background: Background
         state.undeliverable.add(request.wa_id)
 
     @router.get("/sent")
-    async def sent(phone_number_id: str | None = None, to: str | None = None) -> list[SentMessage]:
+    async def sent(
+        phone_number_id: str | None = None, to: str | None = None, type: str | None = None
+    ) -> list[SentMessage]:
+        """Every `/messages` call received, answered or refused, oldest first. `to` also finds a read receipt
+        (by the customer inside its wamid); `type` is the kind of call: text, template, ..., or read."""
         wa_id = to.removeprefix("+") if to else None
         return [
             s
             for s in state.sent
-            if (phone_number_id is None or s.phone_number_id == phone_number_id) and (wa_id is None or s.to == wa_id)
+            if (phone_number_id is None or s.phone_number_id == phone_number_id)
+            and (wa_id is None or s.to == wa_id)
+            and (type is None or s.type == type)
         ]
 
     @router.delete("/sent", status_code=204)
