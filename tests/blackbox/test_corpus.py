@@ -218,6 +218,14 @@ class Runner:
         key = self.d.tenant(spec["number"][0]).api_key
         answer = await self.http.post(f"{self.d.conversation}/v1/chats/{chat['chat_id']}/read", headers=_auth(key))
         assert answer.status_code == 200, answer.text
+        wamids = set(self.tokens.fill(step.get("after", [])))
+
+        async def receipt_sent() -> bool:
+            # Wait for the read receipt to reach WhatsApp, so it is not taken for a later step's call.
+            calls = await self.d.stack.sim.sent(chat["phone_number_id"])
+            return any(c.type == "read" and _body_of(c).get("message_id") in wamids for c in calls)
+
+        await self.d.eventually(receipt_sent, what="the read receipt at WhatsApp")
 
     async def send(self, step: dict[str, Any]) -> None:
         spec = step["send"]
@@ -342,7 +350,10 @@ class Runner:
                 identity = self.tokens.resolve(spec["customer"])
                 found = [c for c in theirs if _is_chat_of(c, phone_number_id, identity)]
                 if len(found) != 1:
-                    problems.append(f"{where}: {len(found)} chats")
+                    same_number = [c for c in chats if c["phone_number_id"] == phone_number_id]
+                    faceless = [_brief(c) for c in same_number if not c.get("wa_id")]
+                    shown = f" (chats without a phone number: {faceless})" if not identity.isdigit() else ""
+                    problems.append(f"{where}: {len(found)} chats{shown}")
                     continue
                 chat = found[0]
                 chat_ids.add(chat["chat_id"])
@@ -376,6 +387,10 @@ class Runner:
             return [f"{where}: {len(found)} contacts {[_brief(c) for c in found]}"]
         checked = {k: v for k, v in spec.items() if k not in {"tenant", "customer", "linked"}}
         return [f"{where}: {p}" for p in _fields(found[0], checked)]
+
+
+def _body_of(call: Any) -> dict[str, Any]:
+    return call.body if isinstance(call.body, dict) else {}
 
 
 def _auth(key: str) -> dict[str, str]:
