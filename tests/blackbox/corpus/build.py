@@ -1,3 +1,4 @@
+# mypy: ignore-errors
 """Writes the corpus files beside it (`uv run python tests/blackbox/corpus/build.py`): the webhook sequences and
 their expected end states, built from the product's rules. The JSON files are what the tests read; this script
 only saves writing the repetitive parts of Meta's envelopes by hand."""
