@@ -28,6 +28,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from waflow_common import topics
+from waflow_common.admin import Admin
 from waflow_testing.fixtures import Infra, local_infra
 from waflow_testing.stack import Stack, StackTenant
 
@@ -68,6 +69,7 @@ class Traffic:
     inbound: dict[str, list[str]] = field(default_factory=dict)  # wa_id -> texts the customer wrote
     outbound: dict[str, list[str]] = field(default_factory=dict)  # wa_id -> texts agents sent
     chat_ids: dict[str, str] = field(default_factory=dict)
+    server_errors: list[str] = field(default_factory=list)  # 5xx answers other than 503 (retry later)
 
     @classmethod
     def of(cls, stack: Stack, http: httpx.AsyncClient, count: int, first: int) -> Traffic:
@@ -121,6 +123,8 @@ class Traffic:
             if answer.status_code < 500:
                 assert answer.status_code == 202, answer.text
                 return
+            if answer.status_code != 503:
+                self.server_errors.append(f"{answer.status_code} {answer.text[:200]}")
             await asyncio.sleep(0.2)
 
     async def stream(
@@ -165,13 +169,25 @@ class Traffic:
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"limit": 200} | ({"cursor": cursor} if cursor else {})
-            answer = await self.http.get(url, params=params, headers=tenant.auth)
-            answer.raise_for_status()
-            page = answer.json()
+            page = await self.get(url, params, tenant)
             items += page["items"]
             cursor = page.get("next_cursor")
             if not cursor:
                 return items
+
+    async def get(self, url: str, params: dict[str, Any], tenant: StackTenant) -> Any:
+        """A read, retried as any client would while the server restarts (or drops a kept-alive connection)."""
+        for _ in range(100):
+            try:
+                answer = await self.http.get(url, params=params, headers=tenant.auth)
+            except httpx.TransportError:
+                await asyncio.sleep(0.2)
+                continue
+            if answer.status_code != 503:
+                answer.raise_for_status()
+                return answer.json()
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"GET {url} kept failing")
 
     async def problems(self, *, unknown_outcomes: bool = False) -> list[str]:
         """Every difference between what the stack shows and what was sent; empty when the end state is exact.
@@ -233,6 +249,7 @@ class Traffic:
             return not last
 
         await until(exact, timeout, "the exact end state", lambda: last[:20])
+        assert not self.server_errors, f"answers other than 202 or 503 (retry): {self.server_errors[:5]}"
         await asyncio.sleep(3)
         again = await self.problems(unknown_outcomes=unknown_outcomes)
         assert not again, again[:20]
@@ -473,6 +490,47 @@ async def test_poison_records_go_to_their_dlq_and_the_consumers_go_on(stack: Sta
             assert all(letter["error"] and letter["error_type"] for letter in on_topic)
     # Every consumer went past its poison: it committed beyond each record it dead-lettered.
     await until(lambda: committed_past(stack, ours), 60, "every consumer committed past the poison")
+
+
+async def test_a_poison_record_on_tenants_v1_is_skipped_and_the_registry_goes_on(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """tenants.v1 has no dead-letter policy: every process re-reads the compacted topic at each start, so each
+    would dead-letter the same record again and again; a record that does not parse is logged and skipped. What
+    must hold: every service applies the good records after it, live and after a restart."""
+    label = f"poison-{uuid.uuid4().hex[:6]}"
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for i, value in enumerate(poisons(label)):
+            await producer.send_and_wait(
+                stack.settings.topic(topics.TENANTS), value, key=f"tenant:{label}-{i}".encode()
+            )
+    finally:
+        await producer.stop()
+    async with Admin(stack.settings) as admin:
+        new_key = await admin.add_key(stack.tenant_b.tenant_id, label)
+    auth = {"Authorization": f"Bearer {new_key}"}
+    reads = {
+        "conversation": "/v1/chats",
+        "contacts": "/v1/contacts",
+        "outbound": "/v1/templates",
+    }
+
+    async def new_key_works() -> bool:
+        for service, path in reads.items():
+            try:
+                answer = await http.get(stack.url(service) + path, headers=auth)
+            except httpx.TransportError:
+                return False
+            if answer.status_code != 200:
+                return False
+        return True
+
+    await until(new_key_works, 60, "the key added after the poison works in every service")
+    for service in reads:
+        await stack.restart(service)
+    await until(new_key_works, 60, "the key works after a restart that re-read the poison")
 
 
 async def dead_letters(stack: Stack) -> list[dict[str, Any]]:
