@@ -358,6 +358,7 @@ async def test_database_server_stopped_under_load_skips_and_dead_letters_nothing
     await traffic.open_chats()
 
     async def database_outage() -> None:
+        await busy(stack, "outbound")  # sends in progress when the server goes: they must neither stall nor fail
         await asyncio.to_thread(local_infra, "stop", "ferretdb", infra)
         await asyncio.sleep(15)
         await asyncio.to_thread(local_infra, "start", "ferretdb", infra)
