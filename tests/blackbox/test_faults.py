@@ -211,6 +211,9 @@ class Traffic:
             for m in await self.stack.sim.sent()
             if m.type == "text" and m.error_code is None and isinstance(m.body, dict)
         )
+        for (to, text), times in sent_at_whatsapp.items():
+            if to in ours and text not in self.outbound.get(to, []):
+                found.append(f"{to}: {text!r} reached WhatsApp {times}x but no agent sent it")
         timelines = await asyncio.gather(*(self.timeline(c) for c in self.customers))
         for customer, timeline in zip(self.customers, timelines, strict=True):
             wa_id = customer.wa_id
