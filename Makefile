@@ -13,6 +13,8 @@ help:
 	@echo "make run    install what is missing, start Kafka, FerretDB, the simulator and all services"
 	@echo "make test   lint, types, import rules, unit, integration and end-to-end tests"
 	@echo "make down   stop everything 'make run' started;  make wipe  also delete local data"
+	@echo "make bench  every benchmark in a short form, then one table of figures (never fails on a figure)"
+	@echo "make soak   the long forms of the fault suite (10,000-message streams; tens of minutes)"
 
 .PHONY: uv
 uv:
@@ -67,4 +69,10 @@ wipe: down
 
 .PHONY: bench
 bench: deps infra-install
-	$(UV) run python -m bench.ingest
+	$(UV) run python -m bench
+
+# The long forms of tests/blackbox (marked soak). Servers: WAFLOW_TEST_* if set, else local ones this run starts
+# (then the tests that stop Kafka and the database server run too).
+.PHONY: soak
+soak: deps infra-install
+	WAFLOW_SOAK=1 $(UV) run pytest -q -m soak --durations=15 tests/blackbox

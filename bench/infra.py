@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -18,17 +17,12 @@ import httpx
 from waflow_common.admin import Admin, AppFile, TenantFile
 from waflow_common.events.tenants import PhoneNumber
 from waflow_common.kafka import ensure_topics
+from waflow_common.processes import free_port as free_port  # re-exported for the benchmarks
 from waflow_common.secrets import generate_key
 from waflow_common.settings import CommonSettings
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "deploy" / "local" / "infra.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def settings_from(env: dict[str, str]) -> CommonSettings:

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from bench.figures import figure
 from bench.infra import BenchTenant, bench_environment, free_port, seed_tenant, settings_from, wait_healthy
 from bench.loadgen import Connection, build_request
 
@@ -246,6 +247,10 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
         f"(measured {len(latencies)})"
     )
     print(f"  in timelines: {unique} unique   lost {lost}   duplicated {duplicated}   (targets: 0 and 0)")
+    load_name = f"{args.rate:.0f} msg/s for {args.duration:.0f} s"
+    figure(f"webhook -> visible p99, {load_name}", pct(latencies, 99), unit="ms", target="< 500 ms at 500 msg/s")
+    figure(f"lost, {load_name}", lost, target="0")
+    figure(f"duplicated, {load_name}", duplicated, target="0")
     print(
         f"  reading them, idle: a timeline page of up to 200 items in p50 {pct(page_ms, 50):.0f} ms   "
         f"p99 {pct(page_ms, 99):.0f} ms   ({len(page_ms)} pages)"
@@ -255,6 +260,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
         f"  consumer: {events_after - events_before:.0f} events in {busy:.1f} s = "
         f"{(events_after - events_before) / busy:.0f} events/s   (target p99 < 500 ms)"
     )
+    figure("consumer events/s", (events_after - events_before) / busy)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.figures import figure
 from bench.infra import REPO, BenchTenant, bench_environment, free_port, seed_tenant, settings_from, wait_healthy
 from bench.loadgen import Result, build_request, closed_loop, open_loop
 
@@ -130,10 +131,12 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
         print("  " + result.summary(name))
     ratio = closed["ingest"].requests_per_s / max(closed["bare FastAPI"].requests_per_s, 1e-9)
     print(f"  throughput ratio ingest / bare: {ratio:.2f}   (target >= 0.5)")
+    figure(f"throughput ingest / bare FastAPI, concurrency {args.concurrency}", ratio, target=">= 0.5")
     print(f"\nopen loop at {args.rate:.0f} webhooks/s, {args.duration:.0f} s each (latency from when each was due)")
     for name, result in opened.items():
         print("  " + result.summary(name))
     print(f"  ingest p99 at {args.rate:.0f}/s: {opened['ingest'].pct(99):.1f} ms   (target < 50 ms)")
+    figure(f"p99 at {args.rate:.0f} webhooks/s", opened["ingest"].pct(99), unit="ms", target="< 50 ms at 1000/s")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, UpdateOne
 
 from bench.documents import chat_document
+from bench.figures import figure
 from bench.infra import INFRA, REPO, free_port
 
 
@@ -94,6 +95,7 @@ async def measure(args: argparse.Namespace, uri: str, pid_file: Path | None) -> 
             updates += len(bulk)
         server = f"   server CPU {cpu / updates * 1000:.3f} ms" if pid_file else ""
         print(f"chat update (bulks of 20, {updates} in all): wall {wall / updates * 1000:.3f} ms{server}")
+        figure("a chat update in a bulk of 20", wall / updates * 1000, unit="ms")
 
         messages = db["messages"]
         stored: list[float] = []
@@ -103,6 +105,7 @@ async def measure(args: argparse.Namespace, uri: str, pid_file: Path | None) -> 
             await messages.insert_many(batch, ordered=False)
             stored.append((time.perf_counter() - began) * 1000)
         print(f"insert_many of 200 messages: median {sorted(stored)[len(stored) // 2]:.1f} ms")
+        figure("insert_many of 200 messages, median", sorted(stored)[len(stored) // 2], unit="ms")
         pages: list[float] = []
         for r in range(20):
             ids = [f"tenant_bench:msg_{(r * 997 + k * 811) % args.documents:024x}" for k in range(50)]
@@ -111,6 +114,7 @@ async def measure(args: argparse.Namespace, uri: str, pid_file: Path | None) -> 
             pages.append((time.perf_counter() - began) * 1000)
             assert len(found) == len(set(ids))
         print(f"find of 50 _ids ($in) among {args.documents} messages: median {sorted(pages)[10]:.1f} ms")
+        figure(f"a timeline page (50 _ids) among {args.documents} messages", sorted(pages)[10], unit="ms")
     finally:
         await client.drop_database(db.name)
         await client.close()

@@ -2,7 +2,7 @@
 simulator; prints achieved rate, the busiest second, request-to-accept latency and duplicates per number.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 MONGODB_URI=mongodb://127.0.0.1:27017 \
-        uv run python bench/outbound/run.py [--requests 20000]
+        uv run python -m bench.outbound.run [--requests 20000]
 
 Outbound runs as its own process (as deployed); the simulator and the load generator share this one.
 """
@@ -35,6 +35,8 @@ from waflow_simulator.client import SimulatorClient
 from waflow_simulator.main import create_app as create_simulator
 from waflow_simulator.settings import SimulatorSettings
 from waflow_testing.fixtures import free_port, serve
+
+from bench.figures import figure
 
 APP_ID = "900100200300"
 # (tenant, phone_number_id, waba_id, display number, rate): two tenants, each with a slow and a fast number.
@@ -227,6 +229,7 @@ async def run_load(args: argparse.Namespace, settings: CommonSettings, simulator
     )
     print(header)
     total_dups = 0
+    over_rate = 0
     for _, pnid, _, _, rate in NUMBERS:
         calls = by_number[pnid]
         ok = [s for s in calls if s.wamid is not None]
@@ -244,6 +247,7 @@ async def run_load(args: argparse.Namespace, settings: CommonSettings, simulator
             f"{busiest_second(times):>10} {percentile(latencies, 0.5):>7.2f} {percentile(latencies, 0.99):>7.2f} "
             f"{sum(1 for s in calls if s.error_code == 130429):>6} {dups:>5}"
         )
+        over_rate += busiest_second(times) > rate
     all_latencies = [accepted_at[r] - requested_at[r] for r, o in outcome.items() if o == "accepted"]
     print(
         f"\noverall: {sum(1 for o in outcome.values() if o == 'accepted')} accepted, "
@@ -251,6 +255,9 @@ async def run_load(args: argparse.Namespace, settings: CommonSettings, simulator
         f"p50 {statistics.median(all_latencies) if all_latencies else float('nan'):.2f}s, "
         f"p99 {percentile(all_latencies, 0.99):.2f}s request-to-accept; duplicates sent: {total_dups}"
     )
+    figure(f"duplicate sends, {len(commands)} requests", total_dups, target="0")
+    figure("numbers whose busiest second exceeded their rate", over_rate, target="0")
+    figure("request-to-accept p99", percentile(all_latencies, 0.99), unit="s")
 
 
 if __name__ == "__main__":

@@ -8,18 +8,16 @@ python deploy/local/stack.py status
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
+from waflow_common import processes
 from waflow_common.admin import Admin, AppFile, TenantFile
 from waflow_common.kafka import ensure_topics
+from waflow_common.processes import BY_NAME, PROCESSES
 from waflow_common.secrets import generate_key
 from waflow_common.settings import CommonSettings
 from waflow_simulator.client import SimulatorClient
@@ -27,16 +25,6 @@ from waflow_simulator.client import SimulatorClient
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("WAFLOW_DATA", REPO / ".data" / "local"))
 DEV = REPO / "deploy" / "dev"
-BIN = Path(sys.executable).parent
-
-# name, command, port variable, default port
-PROCESSES = [
-    ("simulator", "waflow-simulator", "SIMULATOR_PORT", 8090),
-    ("ingest", "waflow-ingest", "INGEST_PORT", 8001),
-    ("conversation", "waflow-conversation", "CONVERSATION_PORT", 8002),
-    ("contacts", "waflow-contacts", "CONTACTS_PORT", 8003),
-    ("outbound", "waflow-outbound", "OUTBOUND_PORT", 8004),
-]
 
 
 def secrets_key() -> str:
@@ -58,49 +46,38 @@ def stack_env() -> dict[str, str]:
     return env
 
 
-def port_of(var: str, default: int) -> int:
-    return int(os.environ.get(var, default))
-
-
-def pid_alive(pid_file: Path) -> bool:
+def pid_of(name: str) -> int | None:
+    """The pid in the process's pid file if that process still runs."""
     try:
-        os.kill(int(pid_file.read_text()), 0)
+        pid = int((DATA / f"{name}.pid").read_text())
     except (OSError, ValueError):
-        return False
-    return True
+        return None
+    return pid if processes.alive(pid) else None
 
 
 def start_processes(env: dict[str, str]) -> None:
-    logs = DATA / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    for name, command, _, _ in PROCESSES:
-        pid_file = DATA / f"{name}.pid"
-        if pid_file.exists() and pid_alive(pid_file):
+    for spec in PROCESSES:
+        if pid_of(spec.name) is not None:
             continue
-        executable = BIN / command
-        if not executable.exists():
-            print(f"  ! {name}: {command} is not installed (run `uv sync`)")
+        try:
+            process = processes.spawn(spec, env, DATA / "logs" / f"{spec.name}.log")
+        except FileNotFoundError as exc:
+            print(f"  ! {exc}")
             continue
-        with (logs / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [str(executable)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        pid_file.write_text(str(process.pid))
+        (DATA / f"{spec.name}.pid").write_text(str(process.pid))
 
 
 def wait_healthy(timeout: float = 90.0) -> dict[str, bool]:
     deadline = time.monotonic() + timeout
-    status = {name: False for name, *_ in PROCESSES}
-    with httpx.Client(timeout=2.0) as http:
-        while time.monotonic() < deadline and not all(status.values()):
-            for name, _, var, default in PROCESSES:
-                if status[name]:
-                    continue
-                with contextlib.suppress(httpx.HTTPError):
-                    status[name] = http.get(f"http://127.0.0.1:{port_of(var, default)}/healthz").status_code == 200
-                if not status[name] and not pid_alive(DATA / f"{name}.pid"):
-                    break
-            time.sleep(0.3)
+    status = {spec.name: False for spec in PROCESSES}
+    while time.monotonic() < deadline and not all(status.values()):
+        for spec in PROCESSES:
+            if status[spec.name]:
+                continue
+            status[spec.name] = processes.answers(spec.port())
+            if not status[spec.name] and pid_of(spec.name) is None:
+                break
+        time.sleep(0.3)
     return status
 
 
@@ -122,22 +99,14 @@ async def load_dev_tenant(env: dict[str, str]) -> tuple[AppFile, TenantFile]:
 
 
 async def configure_simulator(app: AppFile, tenant: TenantFile) -> None:
-    ingest = port_of("INGEST_PORT", 8001)
-    async with SimulatorClient(f"http://127.0.0.1:{port_of('SIMULATOR_PORT', 8090)}") as sim:
-        await sim.put_app(
+    async with SimulatorClient(f"http://127.0.0.1:{BY_NAME['simulator'].port()}") as sim:
+        await sim.put_business(
             app.app_id,
             app_secret=app.app_secret,
-            webhook_url=f"http://127.0.0.1:{ingest}/webhooks/whatsapp/{app.app_id}",
+            webhook_url=f"http://127.0.0.1:{BY_NAME['ingest'].port()}/webhooks/whatsapp/{app.app_id}",
+            access_token=tenant.access_token,
+            numbers=tenant.phone_numbers,
         )
-        for number in tenant.phone_numbers:
-            await sim.put_number(
-                number.phone_number_id,
-                display_phone_number=number.display_phone_number,
-                waba_id=number.waba_id,
-                app_id=app.app_id,
-                access_token=tenant.access_token,
-                rate_per_second=number.rate_per_second,
-            )
 
 
 def up() -> int:
@@ -152,14 +121,14 @@ def up() -> int:
     print("\nwaflow is up:")
     print(f"  Kafka                {env['KAFKA_BOOTSTRAP_SERVERS']}")
     print(f"  MongoDB (FerretDB)   {env['MONGODB_URI']}")
-    for name, _, var, default in PROCESSES:
-        state = "up" if status[name] else f"NOT healthy (see {DATA / 'logs' / name}.log)"
-        print(f"  {name:<20} http://127.0.0.1:{port_of(var, default)}  {state}  (API docs: /docs)")
+    for spec in PROCESSES:
+        state = "up" if status[spec.name] else f"NOT healthy (see {DATA / 'logs' / spec.name}.log)"
+        print(f"  {spec.name:<20} http://127.0.0.1:{spec.port()}  {state}  (API docs: /docs)")
     print(
         f"\nDev tenant '{tenant.tenant_id}', API key: {key}, business number {number.display_phone_number} "
         f"(phone_number_id {number.phone_number_id})"
     )
-    sim = port_of("SIMULATOR_PORT", 8090)
+    sim = BY_NAME["simulator"].port()
     print("\nMake a customer write in:")
     body = {
         "phone_number_id": number.phone_number_id,
@@ -172,35 +141,25 @@ def up() -> int:
         f"  curl -s -X POST http://127.0.0.1:{sim}/_sim/customers/messages -H 'Content-Type: application/json' \\\n"
         f"       -d '{json.dumps(body)}'"
     )
-    print(f"  curl -s http://127.0.0.1:{port_of('CONVERSATION_PORT', 8002)}/v1/chats -H 'Authorization: Bearer {key}'")
+    print(f"  curl -s http://127.0.0.1:{BY_NAME['conversation'].port()}/v1/chats -H 'Authorization: Bearer {key}'")
     print("Watch events on a topic:  uv run waflow-admin topics tail wa.inbound.v1")
     print("Stop everything:          make down")
     return 0 if all(status.values()) else 1
 
 
 def down() -> int:
-    for name, *_ in reversed(PROCESSES):
-        pid_file = DATA / f"{name}.pid"
-        if pid_file.exists() and pid_alive(pid_file):
-            pid = int(pid_file.read_text())
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(50):
-                try:
-                    os.kill(pid, 0)
-                except OSError:
-                    break
-                time.sleep(0.1)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-            print(f"{name} stopped")
-        pid_file.unlink(missing_ok=True)
+    for spec in reversed(PROCESSES):
+        pid = pid_of(spec.name)
+        if pid is not None:
+            processes.stop(pid)
+            print(f"{spec.name} stopped")
+        (DATA / f"{spec.name}.pid").unlink(missing_ok=True)
     return 0
 
 
 def status() -> int:
-    for name, *_ in PROCESSES:
-        pid_file = DATA / f"{name}.pid"
-        print(f"{name}: {'running' if pid_file.exists() and pid_alive(pid_file) else 'stopped'}")
+    for spec in PROCESSES:
+        print(f"{spec.name}: {'running' if pid_of(spec.name) is not None else 'stopped'}")
     return 0
 
 

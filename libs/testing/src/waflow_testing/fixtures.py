@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import json
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from waflow_common.admin import Admin, AppFile, TenantFile
 from waflow_common.events.tenants import PhoneNumber
 from waflow_common.kafka import ensure_topics
+from waflow_common.processes import free_port as free_port  # re-exported: tests take it from here
 from waflow_common.secrets import generate_key
 from waflow_common.settings import CommonSettings
 
@@ -249,12 +249,6 @@ async def tenants(admin: Admin) -> tuple[SeededTenant, SeededTenant]:
     await put_test_tenant(admin, TENANT_A)
     await put_test_tenant(admin, TENANT_B)
     return TENANT_A, TENANT_B
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
 from waflow_common.customers import identities
 
 from waflow_outbound.domain import WINDOW
@@ -117,7 +117,9 @@ class Journal:
                 outcomes = [i not in duplicates for i in range(len(items))]
                 break
             except Exception as exc:
-                if _locked(exc) or isinstance(exc, OSError):
+                # An unreachable server is waited out too: failing the callers would drop their send jobs
+                # until a restart (a request WhatsApp already accepted could then never report it).
+                if _locked(exc) or isinstance(exc, OSError | ConnectionFailure):
                     await asyncio.sleep(delay)
                     delay = min(1.0, delay * 2)
                     continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 from pydantic import TypeAdapter
@@ -25,6 +25,19 @@ from waflow_simulator.models import (
 _TEMPLATES = TypeAdapter(list[TemplateDef])
 _SENT = TypeAdapter(list[SentMessage])
 _DELIVERIES = TypeAdapter(list[DeliveryRecord])
+
+
+class BusinessNumber(Protocol):
+    """A business phone number as the tenant registry describes it (waflow_common's PhoneNumber fits)."""
+
+    @property
+    def phone_number_id(self) -> str: ...
+    @property
+    def display_phone_number(self) -> str: ...
+    @property
+    def waba_id(self) -> str: ...
+    @property
+    def rate_per_second(self) -> int: ...
 
 
 class SimulatorClient:
@@ -83,6 +96,27 @@ class SimulatorClient:
         }
         response = await self._call("PUT", f"/_sim/numbers/{phone_number_id}", json=body)
         return Number.model_validate(response.json())
+
+    async def put_business(
+        self,
+        app_id: str,
+        *,
+        app_secret: str,
+        webhook_url: str,
+        access_token: str,
+        numbers: Sequence[BusinessNumber],
+    ) -> None:
+        """One Meta app and the numbers of one business on it, as a deployment registers them."""
+        await self.put_app(app_id, app_secret=app_secret, webhook_url=webhook_url)
+        for number in numbers:
+            await self.put_number(
+                number.phone_number_id,
+                display_phone_number=number.display_phone_number,
+                waba_id=number.waba_id,
+                app_id=app_id,
+                access_token=access_token,
+                rate_per_second=number.rate_per_second,
+            )
 
     async def put_templates(
         self, waba_id: str, templates: Sequence[TemplateDef | Mapping[str, Any]]
