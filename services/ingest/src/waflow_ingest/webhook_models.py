@@ -50,6 +50,8 @@ WaId = Annotated[str, StringConstraints(pattern=r"^[0-9]{0,20}$")]
 # A BSUID: a two-letter country code, a period, up to 128 alphanumerics; a parent BSUID adds "ENT." (e.g.
 # US.ENT.11815799212886844830). Its letters keep it apart from a wa_id (waflow_common.customers relies on that).
 Bsuid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}(\.[A-Za-z0-9]{1,128}){1,2}$")]
+# An empty BSUID is read as none given, like an empty wa_id.
+MaybeBsuid = Annotated[Bsuid | None, BeforeValidator(lambda value: None if value == "" else value)]
 Wamid = Annotated[str, StringConstraints(pattern=r"^wamid\.[A-Za-z0-9+/=_-]{1,512}$")]
 TypeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
@@ -100,7 +102,7 @@ class Contact(MetaModel):
     """`value.contacts[]`: the sender's profile, matched to a message by wa_id or by BSUID."""
 
     wa_id: WaId = ""
-    user_id: Bsuid | None = None
+    user_id: MaybeBsuid = None
     profile: Profile | None = None
 
 
@@ -133,7 +135,7 @@ class InboundMessage(MetaModel):
     """`value.messages[]`. The content object (named like the type) is read by `message_content`."""
 
     from_: WaId = Field(default="", alias="from")
-    from_user_id: Bsuid | None = None
+    from_user_id: MaybeBsuid = None
     id: Wamid
     timestamp: UnixSeconds
     type: TypeName
@@ -155,7 +157,7 @@ class InboundStatus(MetaModel):
     status: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
     timestamp: UnixSeconds
     recipient_id: WaId = ""
-    recipient_user_id: Bsuid | None = None
+    recipient_user_id: MaybeBsuid = None
     conversation: dict[str, Any] | None = None
     pricing: dict[str, Any] | None = None
     errors: list[MetaError] = Field(default_factory=list)
