@@ -14,15 +14,8 @@ from waflow_common.events.inbound import (
     TemplateStatusEvent,
     inbound_adapter,
 )
-from waflow_ingest.domain import (
-    InvalidWebhook,
-    Normalised,
-    NumberOwner,
-    normalise,
-    parse_body,
-    sign,
-    signature_valid,
-)
+from waflow_ingest.domain import InvalidWebhook, Normalised, NumberOwner, normalise, parse_body
+from waflow_ingest.signature import sign, signature_valid
 from waflow_testing.fixtures import FIXTURES
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ import pytest_asyncio
 from waflow_common import topics
 from waflow_common.admin import Admin
 from waflow_common.settings import CommonSettings
-from waflow_ingest.domain import sign
 from waflow_ingest.main import IngestSettings, create_app
+from waflow_ingest.signature import sign
 from waflow_testing.fixtures import (
     FIXTURES,
     SeededTenant,

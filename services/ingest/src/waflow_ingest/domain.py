@@ -11,8 +11,6 @@ What happens to an authentic (correctly signed) delivery, by what it holds:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,7 +47,6 @@ from waflow_ingest.webhook_models import (
     nesting_within,
 )
 
-SIGNATURE_PREFIX = "sha256="
 TEMPLATE_FIELDS = frozenset(
     {"message_template_status_update", "message_template_quality_update", "template_category_update"}
 )
@@ -59,20 +56,6 @@ READ_ERRORS = (ValidationError, ValueError, KeyError, TypeError, AttributeError)
 
 class InvalidWebhook(ValueError):
     """The body is not JSON at all (answered 400)."""
-
-
-def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
-    """HMAC-SHA256 of the raw bytes with the app secret, compared in constant time."""
-    if not header or not header.startswith(SIGNATURE_PREFIX):
-        return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
-    # Compared as bytes: hmac.compare_digest refuses str with non-ASCII characters, which a header may hold.
-    given = header[len(SIGNATURE_PREFIX) :].strip().lower().encode("utf-8", "replace")
-    return hmac.compare_digest(expected, given)
-
-
-def sign(secret: str, body: bytes) -> str:
-    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
