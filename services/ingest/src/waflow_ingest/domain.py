@@ -1,5 +1,5 @@
-"""Pure rules of ingest: the webhook signature, who may deliver for which tenant, and turning Meta's webhook body
-into typed waflow events.
+"""Pure rules of ingest: who may deliver for which tenant, and turning Meta's webhook body into typed waflow
+events.
 
 What happens to an authentic (correctly signed) delivery, by what it holds:
 - not JSON: `InvalidWebhook`, answered 400 and not archived (see api.BadWebhook for why);
@@ -43,6 +43,8 @@ from waflow_ingest.webhook_models import (
     InboundStatus,
     MessagesValue,
     Metadata,
+    TypedMessagesValue,
+    TypedWebhook,
     WebhookBody,
     nesting_within,
 )
@@ -126,12 +128,21 @@ def normalise(
 ) -> Normalised:
     """Every entry, every change, every message and status of a delivery signed by `app_id`, each its own event."""
     out = Normalised()
+    batch = _Batch(out, app_id, owner_of_number, owner_of_waba, correlation_id, causation_id, now)
+    try:
+        typed = TypedWebhook.model_validate(body)
+    except ValidationError:
+        pass  # read layer by layer below, to find the parts that are wrong
+    else:
+        for raw, typed_entry in zip(body["entry"], typed.entry, strict=True):
+            for raw_change, typed_change in zip(raw.get("changes", ()), typed_entry.changes, strict=True):
+                batch.messages_change(typed_entry.id, raw_change["value"], typed_change.value)
+        return out
     try:
         webhook = WebhookBody.model_validate(body)
     except ValidationError as exc:
         out.failures.append(ItemFailure(None, f"body is not a WhatsApp webhook: {_describe(exc)}", None, True))
         return out
-    batch = _Batch(out, app_id, owner_of_number, owner_of_waba, correlation_id, causation_id, now)
     for raw_entry in webhook.entry:
         try:
             entry = Entry.model_validate(raw_entry)
@@ -145,7 +156,7 @@ def normalise(
                 out.fail(None, "change", exc, raw_change)
                 continue
             if change.field == "messages":
-                batch.messages_change(entry, change)
+                batch.messages_change(entry.id, change.value, None)
             else:
                 batch.other_change(entry, change, str(raw_entry.get("time", "")))
     return out
@@ -198,26 +209,38 @@ class _Batch:
             out.tenant_ids.append(owner.tenant_id)
         return owner.tenant_id
 
-    def messages_change(self, entry: Entry, change: Change) -> None:
+    def messages_change(self, waba_id: str, raw_value: dict[str, Any], typed: TypedMessagesValue | None) -> None:
+        """One `messages` change; `typed` when the whole body was read in one validation, else None."""
         out = self.out
-        try:
-            metadata = Metadata.model_validate(change.value.get("metadata"))
-        except ValidationError as exc:
-            out.fail(None, "value.metadata", exc, change.value)
-            return
+        if typed is None:
+            try:
+                metadata = Metadata.model_validate(raw_value.get("metadata"))
+            except ValidationError as exc:
+                out.fail(None, "value.metadata", exc, raw_value)
+                return
+        else:
+            metadata = typed.metadata
         number = metadata.phone_number_id
         tenant_id = self._route(self.owner_of_number(number), number)
         if tenant_id is None:
             return  # kept in the raw archive (whatsapp.webhooks.v1) and counted; never routed to a guess
-        try:
-            value = MessagesValue.model_validate(change.value)
-        except ValidationError as exc:
-            out.fail(tenant_id, "value", exc, change.value)
-            return
-        senders = _Senders(out, tenant_id, value.contacts)
-        for raw in value.messages:
+        if typed is None:
             try:
-                received = self._message(_checked_item(raw), entry.id, metadata, senders)
+                value = MessagesValue.model_validate(raw_value)
+            except ValidationError as exc:
+                out.fail(tenant_id, "value", exc, raw_value)
+                return
+            contacts, messages, statuses, errors = value.contacts, value.messages, value.statuses, value.errors
+            read_messages: list[InboundMessage | None] = [None] * len(messages)
+            read_statuses: list[InboundStatus | None] = [None] * len(statuses)
+        else:
+            contacts, errors = list(typed.contacts), typed.errors
+            messages, statuses = raw_value.get("messages", []), raw_value.get("statuses", [])
+            read_messages, read_statuses = list(typed.messages), list(typed.statuses)
+        senders = _Senders(out, tenant_id, contacts)
+        for raw, read in zip(messages, read_messages, strict=True):
+            try:
+                received = self._message(_checked_item(raw), read, waba_id, metadata, senders)
                 out.events.append(
                     MessageReceivedEvent.new(
                         tenant_id=tenant_id,
@@ -229,9 +252,9 @@ class _Batch:
                 )
             except READ_ERRORS as exc:
                 out.fail(tenant_id, "message", exc, raw)
-        for raw in value.statuses:
+        for raw, read_status in zip(statuses, read_statuses, strict=True):
             try:
-                status = self._status(_checked_item(raw), entry.id, number)
+                status = self._status(_checked_item(raw), read_status, waba_id, number)
                 out.events.append(
                     MessageStatusEvent.new(
                         tenant_id=tenant_id,
@@ -243,16 +266,16 @@ class _Batch:
                 )
             except READ_ERRORS as exc:
                 out.fail(tenant_id, "status", exc, raw)
-        if value.errors and not value.messages and not value.statuses:
+        if errors and not messages and not statuses:
             # System, app or account problems (e.g. 130429, 131000) arrive as value-level errors with nothing else.
             try:
-                _checked_item(change.value)
-                identity = orjson.dumps(value.errors, option=orjson.OPT_SORT_KEYS).decode()
+                _checked_item(raw_value)
+                identity = orjson.dumps(errors, option=orjson.OPT_SORT_KEYS).decode()
                 payload = AccountUpdate(
-                    waba_id=entry.id, field="messages", event="ERRORS", phone_number_id=number, value=change.value
+                    waba_id=waba_id, field="messages", event="ERRORS", phone_number_id=number, value=raw_value
                 )
             except READ_ERRORS as exc:
-                out.fail(tenant_id, "value.errors", exc, change.value)
+                out.fail(tenant_id, "value.errors", exc, raw_value)
                 return
             out.events.append(
                 AccountUpdateEvent.new(
@@ -263,8 +286,10 @@ class _Batch:
                 )
             )
 
-    def _message(self, raw: dict[str, Any], waba_id: str, metadata: Metadata, senders: _Senders) -> MessageReceived:
-        m = InboundMessage.model_validate(raw)
+    def _message(
+        self, raw: dict[str, Any], read: InboundMessage | None, waba_id: str, metadata: Metadata, senders: _Senders
+    ) -> MessageReceived:
+        m = read if read is not None else InboundMessage.model_validate(raw)
         contact = senders.of(m.from_, m.from_user_id)
         profile = contact.profile if contact is not None else None
         return MessageReceived(
@@ -284,8 +309,10 @@ class _Batch:
             errors=message_content.errors(m.errors),
         )
 
-    def _status(self, raw: dict[str, Any], waba_id: str, phone_number_id: str) -> MessageStatus:
-        s = InboundStatus.model_validate(raw)
+    def _status(
+        self, raw: dict[str, Any], read: InboundStatus | None, waba_id: str, phone_number_id: str
+    ) -> MessageStatus:
+        s = read if read is not None else InboundStatus.model_validate(raw)
         return MessageStatus(
             wamid=s.id,
             phone_number_id=phone_number_id,
@@ -358,7 +385,7 @@ class _Senders:
         self._by_user_id: dict[str, Contact] = {}
         for raw in raw_contacts:
             try:
-                contact = Contact.model_validate(raw)
+                contact = raw if isinstance(raw, Contact) else Contact.model_validate(raw)
             except ValidationError as exc:
                 # The messages still go on, without this profile; the contact itself is dead-lettered.
                 out.fail(tenant_id, "contact", exc, raw)

@@ -25,7 +25,7 @@ from waflow_common.events.inbound import (
     UnsupportedContent,
 )
 
-from waflow_ingest.webhook_models import Caption, Context, MetaError, TextBody, TypeName
+from waflow_ingest.webhook_models import MAX_TEXT_CHARS, Context, MetaError, TypeName
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 KNOWN_TYPES = MEDIA_TYPES | {
@@ -70,10 +70,10 @@ def content(kind: str, raw: dict[str, Any]) -> MessageContent:
 def _typed(kind: str, body: Any) -> MessageContent:
     match kind:
         case "text":
-            TextBody.model_validate(body)
+            _bounded(body, "body")
             return TextContent.model_validate(body)
         case _ if kind in MEDIA_TYPES:
-            Caption.model_validate(body)
+            _bounded(body, "caption")
             return MediaContent.model_validate({**body, "type": kind})
         case "location":
             return LocationContent.model_validate(body)
@@ -109,13 +109,20 @@ def _typed(kind: str, body: Any) -> MessageContent:
             return RevokeContent.model_validate(body)
 
 
+def _bounded(body: Any, name: str) -> None:
+    """What the customer typed (a text, a caption) is at most MAX_TEXT_CHARS (see webhook_models)."""
+    typed = body.get(name) if isinstance(body, dict) else None
+    if isinstance(typed, str) and len(typed) > MAX_TEXT_CHARS:
+        raise UnreadableContent(f"{name} of {len(typed)} characters, more than the {MAX_TEXT_CHARS} WhatsApp allows")
+
+
 def _check_edited(message: dict[str, Any]) -> None:
     """The new content of an edit is bounded like a message's own."""
     kind = message.get("type")
     if kind == "text":
-        TextBody.model_validate(message.get("text"))
+        _bounded(message.get("text"), "body")
     elif kind in MEDIA_TYPES:
-        Caption.model_validate(message.get(kind))
+        _bounded(message.get(kind), "caption")
 
 
 def context(raw: Context) -> MessageContext:

@@ -170,23 +170,36 @@ class InboundStatus(MetaModel):
         return self
 
 
-class TextBody(MetaModel):
-    body: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+class TypedMessagesValue(MetaModel):
+    metadata: Metadata
+    contacts: list[Contact] = Field(default_factory=list)
+    messages: list[InboundMessage] = Field(default_factory=list)
+    statuses: list[InboundStatus] = Field(default_factory=list)
+    errors: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class Caption(MetaModel):
-    caption: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+class TypedChange(MetaModel):
+    field: Literal["messages"]
+    value: TypedMessagesValue
 
 
-def nesting_within(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """True when lists and objects in `value` nest at most `limit` levels deep (an iterative walk: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
+class TypedEntry(MetaModel):
+    id: GraphId
+    time: UnixSeconds | None = None
+    changes: list[TypedChange] = Field(default_factory=list)
+
+
+class TypedWebhook(MetaModel):
+    """The common case read in one validation: only `messages` changes, every item well formed. When it fails, the
+    domain reads the body layer by layer to find (and dead-letter) just the parts that are wrong."""
+
+    object: Literal["whatsapp_business_account"] | None = None
+    entry: list[TypedEntry]
+
+
+def nesting_within(value: dict[str, Any] | list[Any], limit: int = MAX_DEPTH) -> bool:
+    """True when lists and objects in `value` nest at most `limit` levels deep (recursion bounded by `limit`)."""
+    for child in value.values() if isinstance(value, dict) else value:
+        if isinstance(child, dict | list) and (limit <= 1 or not nesting_within(child, limit - 1)):
             return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
     return True
