@@ -1,9 +1,11 @@
 """Meta's webhook body as typed models: the shape ingest accepts at its edge, before anything is published.
 
-Meta adds fields over time, so every model keeps unknown fields (`extra="allow"`); what is checked is the type and
-the shape of what ingest reads. Lists of items (entries, changes, contacts, messages, statuses) are typed `list[Any]`
-here and validated one item at a time by the domain, so one unreadable message is dead-lettered alone and the rest
-of the batch goes on (REFERENCE §3: one POST may hold up to 1,000 updates).
+These models check the type and shape of the fields ingest reads and ignore the others (`extra="ignore"`, which
+also keeps validation cheap on the hot path): Meta adds fields over time, and nothing is lost, because the events'
+content is built from the raw items (the content models keep unknown fields) and the body is archived whole.
+Lists of items (entries, changes, contacts, messages, statuses) are typed `list[Any]` here and validated one item at
+a time by the domain, so one unreadable message is dead-lettered alone and the rest of the batch goes on
+(REFERENCE §3: one POST may hold up to 1,000 updates); `TypedWebhook` reads the common, well-formed case at once.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ ShortText = Annotated[str, StringConstraints(max_length=1_024)]
 
 
 class MetaModel(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class WebhookBody(MetaModel):
