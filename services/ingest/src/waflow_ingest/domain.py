@@ -33,11 +33,11 @@ from waflow_common.events.inbound import (
 )
 
 from waflow_ingest import message_content
+from waflow_ingest.senders import Senders
 from waflow_ingest.webhook_models import (
     MAX_DEPTH,
     MAX_ITEM_BYTES,
     Change,
-    Contact,
     Entry,
     InboundMessage,
     InboundStatus,
@@ -237,7 +237,7 @@ class _Batch:
             contacts, errors = list(typed.contacts), typed.errors
             messages, statuses = raw_value.get("messages", []), raw_value.get("statuses", [])
             read_messages, read_statuses = list(typed.messages), list(typed.statuses)
-        senders = _Senders(out, tenant_id, contacts)
+        senders = Senders(out, tenant_id, contacts)
         for raw, read in zip(messages, read_messages, strict=True):
             try:
                 received = self._message(_checked_item(raw), read, waba_id, metadata, senders)
@@ -287,7 +287,7 @@ class _Batch:
             )
 
     def _message(
-        self, raw: dict[str, Any], read: InboundMessage | None, waba_id: str, metadata: Metadata, senders: _Senders
+        self, raw: dict[str, Any], read: InboundMessage | None, waba_id: str, metadata: Metadata, senders: Senders
     ) -> MessageReceived:
         m = read if read is not None else InboundMessage.model_validate(raw)
         contact = senders.of(m.from_, m.from_user_id)
@@ -375,33 +375,6 @@ def _phone_number_id(value: dict[str, Any]) -> str | None:
     metadata = value.get("metadata")
     found = value.get("phone_number_id") or (metadata.get("phone_number_id") if isinstance(metadata, dict) else None)
     return found if isinstance(found, str) and found.isascii() and found.isdigit() and len(found) <= 32 else None
-
-
-class _Senders:
-    """`value.contacts[]`, matched to a message by wa_id == from, or by user_id == from_user_id; never by index."""
-
-    def __init__(self, out: Normalised, tenant_id: str, raw_contacts: list[Any]) -> None:
-        self._by_wa_id: dict[str, Contact] = {}
-        self._by_user_id: dict[str, Contact] = {}
-        for raw in raw_contacts:
-            try:
-                contact = raw if isinstance(raw, Contact) else Contact.model_validate(raw)
-            except ValidationError as exc:
-                # The messages still go on, without this profile; the contact itself is dead-lettered.
-                out.fail(tenant_id, "contact", exc, raw)
-                continue
-            if contact.wa_id:
-                self._by_wa_id.setdefault(contact.wa_id, contact)
-            if contact.user_id:
-                self._by_user_id.setdefault(contact.user_id, contact)
-
-    def of(self, wa_id: str, user_id: str | None) -> Contact | None:
-        if user_id and user_id in self._by_user_id:
-            return self._by_user_id[user_id]
-        contact = self._by_wa_id.get(wa_id) if wa_id else None
-        if contact is not None and user_id and contact.user_id and contact.user_id != user_id:
-            return None  # the same number under another BSUID is someone else's profile
-        return contact
 
 
 def _template_status(waba_id: str, field_name: str, value: dict[str, Any]) -> TemplateStatus:
