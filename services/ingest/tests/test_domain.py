@@ -14,7 +14,8 @@ from waflow_common.events.inbound import (
     TemplateStatusEvent,
     inbound_adapter,
 )
-from waflow_ingest.domain import InvalidWebhook, Normalised, normalise, parse_body, sign, signature_valid
+from waflow_ingest.domain import InvalidWebhook, Normalised, NumberOwner, normalise, parse_body
+from waflow_ingest.signature import sign, signature_valid
 from waflow_testing.fixtures import FIXTURES
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -22,12 +23,18 @@ TENANT_A_NUMBER, TENANT_B_NUMBER = "118273645501928", "118273645577310"
 TENANT_A_WABA = "104882910347561"
 
 
-def run(body: dict[str, Any], known: dict[str, str] | None = None) -> Normalised:
+APP = "700100200300"
+
+
+def run(body: Any, known: dict[str, str] | None = None, *, app_id: str = APP) -> Normalised:
+    """Normalises `body` as signed by `app_id`; tenants a and b (and any in `known`) are registered under APP."""
     numbers = known if known is not None else {TENANT_A_NUMBER: "a", TENANT_B_NUMBER: "b"}
+    owners = {number: NumberOwner(tenant, APP) for number, tenant in numbers.items()}
     return normalise(
         body,
-        tenant_for_number=numbers.get,
-        tenant_for_waba={TENANT_A_WABA: "a"}.get,
+        app_id=app_id,
+        owner_of_number=owners.get,
+        owner_of_waba={TENANT_A_WABA: NumberOwner("a", APP)}.get,
         correlation_id="corr-1",
         now=NOW,
     )
@@ -58,17 +65,32 @@ def test_missing_or_malformed_signature_is_refused(header: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b"not json", b"[]", b'{"object":"page","entry":[]}', b'{"object":"whatsapp_business_account"}', b""]
+    "body",
+    [b"not json", b"", b'{"entry":[', b'{"a":"\\ud800"}', b"\xff\xfe{}", b"[" * 1100 + b"]" * 1100],
+    ids=["text", "empty", "truncated", "lone surrogate", "not utf-8", "deeper than 1024"],
 )
-def test_bodies_that_are_not_webhooks_are_invalid(body: bytes) -> None:
+def test_bytes_that_are_not_json_are_invalid(body: bytes) -> None:
     with pytest.raises(InvalidWebhook):
         parse_body(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [[], "text", 5, None, {"object": "page", "entry": []}, {"object": "whatsapp_business_account"}, {"entry": 5}],
+)
+def test_json_that_is_not_a_webhook_is_one_whole_body_failure(body: Any) -> None:
+    result = run(body)
+    assert result.events == []
+    (failure,) = result.failures
+    assert failure.whole_body
+    assert failure.reason.startswith("body is not a WhatsApp webhook")
 
 
 # --- every sample ----------------------------------------------------------------------------------------------
 
 MESSAGE_SAMPLES = {
     "audio_voice_note.json": "audio",
+    "bsuid_only_message.json": "text",
     "contacts_card.json": "contacts",
     "document.json": "document",
     "image_with_caption.json": "image",
@@ -89,6 +111,7 @@ MESSAGE_SAMPLES = {
     "unsupported_type.json": "unsupported",
 }
 STATUS_SAMPLES = {
+    "bsuid_only_status.json": "delivered",
     "status_sent.json": "sent",
     "status_delivered.json": "delivered",
     "status_read.json": "read",

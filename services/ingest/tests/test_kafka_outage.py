@@ -13,8 +13,8 @@ from waflow_common import topics
 from waflow_common.admin import Admin, AppFile
 from waflow_common.kafka import ensure_topics
 from waflow_common.settings import CommonSettings
-from waflow_ingest.domain import sign
 from waflow_ingest.main import IngestSettings, create_app
+from waflow_ingest.signature import sign
 from waflow_testing.fixtures import INFRA, REPO, TENANT_A, TopicReader, free_port, put_test_tenant, serve, settings_for
 
 pytestmark = pytest.mark.integration

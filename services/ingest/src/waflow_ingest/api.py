@@ -24,10 +24,11 @@ from waflow_common.kafka import PublishError
 from waflow_common.logs import correlation_id_var
 from waflow_common.producer import RecordProducer, event_record
 from waflow_common.settings import CommonSettings
-from waflow_common.tenants import TenantRegistry
+from waflow_common.tenants import Tenant, TenantRegistry
 
 from waflow_ingest.dead_letters import item_dead_letters
-from waflow_ingest.domain import InvalidWebhook, normalise, parse_body, signature_valid
+from waflow_ingest.domain import InvalidWebhook, ItemFailure, NumberOwner, normalise, parse_body
+from waflow_ingest.signature import signature_valid
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ WEBHOOKS = Counter("waflow_ingest_webhooks_total", "Webhook deliveries by outcom
 ACCEPTED = WEBHOOKS.labels("accepted")
 EVENTS = Counter("waflow_ingest_events_total", "Events published to wa.inbound.v1", ["event_type"])
 UNROUTED = Counter("waflow_ingest_unrouted_entries_total", "Entries for numbers no tenant owns (archived only)")
+FOREIGN = Counter(
+    "waflow_ingest_foreign_entries_total",
+    "Entries for numbers of tenants under another Meta app than the one that signed (archived only)",
+)
 ITEM_FAILURES = Counter("waflow_ingest_item_failures_total", "Batch items dead-lettered")
 LATENCY = Histogram("waflow_ingest_webhook_seconds", "Time to accept a webhook delivery")
 
@@ -53,14 +58,22 @@ class IngestContext:
     max_body_bytes: int
 
 
+ACCEPTED_EXAMPLE: dict[str, Any] = {"status": "accepted", "events": 3, "dead_lettered": 0, "unrouted": 0, "foreign": 0}
+
+
 class WebhookAccepted(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "accepted", "events": 3, "dead_lettered": 0, "unrouted": 0}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [ACCEPTED_EXAMPLE]})
     status: Literal["accepted"] = "accepted"
     events: int = Field(description="events published to wa.inbound.v1")
-    dead_lettered: int = Field(description="items of the batch that could not be read, sent to wa.inbound.v1.dlq")
+    dead_lettered: int = Field(
+        description="parts of the delivery that could not be read (the whole body, an entry, a message...), each "
+        "sent to wa.inbound.v1.dlq with the reason; the body itself is archived on whatsapp.webhooks.v1"
+    )
     unrouted: int = Field(description="entries for numbers no tenant owns: archived, not routed")
+    foreign: int = Field(
+        description="entries for numbers registered under another Meta app than the one that signed: archived, "
+        "not routed"
+    )
 
 
 class PayloadTooLarge(ApiError):
@@ -73,6 +86,16 @@ class BadSignature(Unauthorized):
 
 
 class BadWebhook(ApiError):
+    """An authentic delivery whose bytes are not JSON: 400.
+
+    Anything that is not 2xx makes Meta deliver the same bytes again for up to 7 days, so an authentic body that is
+    JSON but cannot be understood (wrong types, missing fields, not a WhatsApp object at all) answers 200: it is
+    archived whole, dead-lettered with the reason, and a retry could only repeat it. Bytes that are not JSON are
+    different: Meta's serialiser never produces them, so they come from someone holding the app secret (a
+    developer, a broken proxy that re-signs), who needs a clear error more than an archive entry. An unsigned or
+    wrongly signed body is refused with 401 before it is even parsed.
+    """
+
     status_code = 400
     code = "invalid_webhook"
 
@@ -135,32 +158,50 @@ async def accept_webhook(
     registry = ctx.registry
     result = normalise(
         parsed,
-        tenant_for_number=lambda n: _tenant_id(registry.tenant_for_number(n)),
-        tenant_for_waba=lambda w: _tenant_id(registry.tenant_for_waba(w)),
+        app_id=app_id,
+        owner_of_number=lambda n: _owner(registry.tenant_for_number(n)),
+        owner_of_waba=lambda w: _owner(registry.tenant_for_waba(w)),
         correlation_id=correlation_id,
         causation_id=archive_id,
         now=now,
     )
+    text = body.decode()  # orjson accepted it, so it is UTF-8
     archive = WebhookReceivedEvent.new(
         tenant_id=None,
         payload=WebhookReceived(
             app_id=app_id,
-            body=body.decode("utf-8", "replace"),
+            body=text,
             signature=signature,
             received_at=now,
             phone_number_ids=result.phone_number_ids,
             tenant_ids=result.tenant_ids,
             unrouted_phone_number_ids=result.unrouted_phone_number_ids,
+            foreign_phone_number_ids=result.foreign_phone_number_ids,
         ),
         event_id=archive_id,
         correlation_id=correlation_id,
         clock=lambda: now,
     )
-    records = [
-        event_record(archive, ctx.settings),
-        *(event_record(e, ctx.settings) for e in result.events),
-        *item_dead_letters(result.failures, ctx.settings, app_id=app_id, correlation_id=correlation_id, now=now),
-    ]
+    records = [event_record(archive, ctx.settings)]
+    published: list[Any] = []
+    for event in result.events:
+        try:
+            records.append(event_record(event, ctx.settings))
+            published.append(event)
+        except (ValueError, TypeError) as exc:  # the domain bounds depth and size, so this is a last resort
+            reason = f"{event.event_type} cannot be serialised: {exc}"
+            result.failures.append(ItemFailure(event.tenant_id, reason, None))
+    records.extend(
+        item_dead_letters(
+            result.failures,
+            ctx.settings,
+            app_id=app_id,
+            correlation_id=correlation_id,
+            now=now,
+            body=text,
+            archive_id=str(archive_id),
+        )
+    )
     try:
         await ctx.producer.send_all(records)
     except PublishError as exc:
@@ -172,15 +213,26 @@ async def accept_webhook(
             "entries for numbers no tenant owns were archived, not routed",
             extra={"phone_number_ids": result.unrouted_phone_number_ids},
         )
-    for event in result.events:
+    if result.foreign_entries:
+        FOREIGN.inc(result.foreign_entries)
+        log.warning(
+            "entries for numbers of another app's tenants were archived, not routed",
+            extra={"app_id": app_id, "phone_number_ids": result.foreign_phone_number_ids},
+        )
+    for event in published:
         _event_counter(event.event_type).inc()
     if result.failures:
         ITEM_FAILURES.inc(len(result.failures))
+        log.warning(
+            "parts of a delivery could not be read and were dead-lettered",
+            extra={"reasons": [f.reason[:300] for f in result.failures[:5]]},
+        )
     return {
         "status": "accepted",
-        "events": len(result.events),
+        "events": len(published),
         "dead_lettered": len(result.failures),
         "unrouted": result.unrouted_entries,
+        "foreign": result.foreign_entries,
     }
 
 
@@ -189,8 +241,8 @@ def _event_counter(event_type: str) -> Any:
     return EVENTS.labels(event_type)
 
 
-def _tenant_id(tenant: Any) -> str | None:
-    return tenant.tenant_id if tenant is not None else None
+def _owner(tenant: Tenant | None) -> NumberOwner | None:
+    return NumberOwner(tenant.tenant_id, tenant.record.app_id) if tenant is not None else None
 
 
 class _ClientGone(Exception):
@@ -213,11 +265,13 @@ class WebhookReceiver:
         started = time.perf_counter()
         length: int | None = None
         signature: str | None = None
+        duplicated = False
         correlation_id = ""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = int(value) if value.isdigit() else None
             elif name == b"x-hub-signature-256":
+                duplicated = signature is not None
                 signature = value.decode("latin-1")
             elif name == CORRELATION_HEADER_BYTES:
                 correlation_id = value.decode("latin-1")[:200]
@@ -226,6 +280,8 @@ class WebhookReceiver:
         try:
             try:
                 body = await _read_body(receive, length, self._ctx.max_body_bytes)
+                if duplicated:  # two signatures: which one was checked would be the sender's choice
+                    raise BadSignature("more than one X-Hub-Signature-256 header")
                 result = await accept_webhook(self._ctx, app_id, body, signature, correlation_id)
             except _ClientGone:
                 return
@@ -294,78 +350,3 @@ class IngestApp:
                     await self._receiver(scope, receive, send, app_id)
                     return
         await self.api(scope, receive, send)
-
-
-def _error_example(code: str, message: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"example": error_body(code, message)}}}
-
-
-def document_webhook(api: FastAPI) -> None:
-    """Adds the webhook delivery (served by WebhookReceiver, not by a FastAPI route) to the OpenAPI document."""
-    generate = api.openapi
-
-    def openapi() -> dict[str, Any]:
-        if api.openapi_schema is not None:
-            return api.openapi_schema
-        schema = generate()
-        schema.setdefault("components", {}).setdefault("schemas", {})["WebhookAccepted"] = (
-            WebhookAccepted.model_json_schema(ref_template="#/components/schemas/{model}")
-        )
-        operation = {
-            "tags": ["webhooks"],
-            "summary": "A webhook delivery from Meta",
-            "description": (
-                "Checks X-Hub-Signature-256 over the raw body with the app's secret, archives the body on "
-                "whatsapp.webhooks.v1 and publishes one event per message, status and update on wa.inbound.v1. "
-                "Answers 200 only after Kafka acknowledged all of them; 503 asks Meta to retry."
-            ),
-            "operationId": "receive_webhook",
-            "parameters": [
-                {
-                    "name": "app_id",
-                    "in": "path",
-                    "required": True,
-                    "description": "the Meta app id this callback URL belongs to",
-                    "schema": {"type": "string"},
-                    "example": "100200300400500",
-                },
-                {
-                    "name": "X-Hub-Signature-256",
-                    "in": "header",
-                    "required": True,
-                    "description": "sha256=HMAC-SHA256 of the raw body with the app secret",
-                    "schema": {"type": "string"},
-                    "example": "sha256=4f1c…",
-                },
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"type": "object", "description": "Meta's webhook body, signed as sent"},
-                        "example": {"object": "whatsapp_business_account", "entry": []},
-                    }
-                },
-            },
-            "responses": {
-                "200": {
-                    "description": "Kafka acknowledged every event of the delivery",
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/WebhookAccepted"},
-                            "example": {"status": "accepted", "events": 3, "dead_lettered": 0, "unrouted": 0},
-                        }
-                    },
-                },
-                "400": _error_example("invalid_webhook", "body is not JSON", "not a WhatsApp webhook body"),
-                "401": _error_example("bad_signature", "signature mismatch", "missing or wrong signature"),
-                "404": _error_example("not_found", "unknown app", "no such app"),
-                "413": _error_example("too_large", "body too large", "body over the size limit"),
-                "503": _error_example("unavailable", "Kafka unavailable", "Kafka did not acknowledge; retry"),
-            },
-        }
-        schema["paths"].setdefault(WEBHOOK_PREFIX + "{app_id}", {})["post"] = operation
-        api.openapi_schema = schema
-        return schema
-
-    api.openapi = openapi  # type: ignore[method-assign]

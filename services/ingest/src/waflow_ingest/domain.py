@@ -1,9 +1,16 @@
-"""Pure rules of ingest: the webhook signature, and turning Meta's webhook body into typed waflow events."""
+"""Pure rules of ingest: who may deliver for which tenant, and turning Meta's webhook body into typed waflow
+events.
+
+What happens to an authentic (correctly signed) delivery, by what it holds:
+- not JSON: `InvalidWebhook`, answered 400 and not archived (see api.BadWebhook for why);
+- JSON, but not Meta's shape in whole or in part: every part that can be read becomes its event, every part that
+  cannot is an `ItemFailure` (dead-lettered on wa.inbound.v1.dlq with the reason), and the delivery answers 200;
+- an entry for a number (or WABA) no tenant owns is `unrouted`, one owned by a tenant of another Meta app is
+  `foreign`: both are only archived and counted, never routed and never dead-lettered under a tenant.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,63 +22,67 @@ from waflow_common.events.envelope import Envelope, derived_event_id
 from waflow_common.events.inbound import (
     AccountUpdate,
     AccountUpdateEvent,
-    ButtonContent,
-    ContactCard,
-    ContactsContent,
-    EditContent,
-    InteractiveContent,
-    LocationContent,
-    MediaContent,
-    MessageContent,
-    MessageContext,
     MessageReceived,
     MessageReceivedEvent,
     MessageStatus,
     MessageStatusEvent,
-    MetaErrorDetail,
-    OrderContent,
-    ReactionContent,
+    Pricing,
     Referral,
-    ReferredProduct,
-    RevokeContent,
-    SystemContent,
     TemplateStatus,
     TemplateStatusEvent,
-    TextContent,
-    UnsupportedContent,
-    meta_timestamp,
 )
 
-SIGNATURE_PREFIX = "sha256="
-MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+from waflow_ingest import message_content
+from waflow_ingest.senders import Senders
+from waflow_ingest.webhook_models import (
+    MAX_DEPTH,
+    MAX_ITEM_BYTES,
+    Change,
+    Entry,
+    InboundMessage,
+    InboundStatus,
+    MessagesValue,
+    Metadata,
+    TypedMessagesValue,
+    TypedWebhook,
+    WebhookBody,
+    nesting_within,
+)
+
 TEMPLATE_FIELDS = frozenset(
     {"message_template_status_update", "message_template_quality_update", "template_category_update"}
 )
+# What ingest catches from reading one item: pydantic's errors, and the plain ones a wrongly shaped object raises.
+READ_ERRORS = (ValidationError, ValueError, KeyError, TypeError, AttributeError)
 
 
 class InvalidWebhook(ValueError):
-    """The body is not a WhatsApp Business Account webhook at all (answered 400)."""
+    """The body is not JSON at all (answered 400)."""
 
 
-def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
-    """HMAC-SHA256 of the raw bytes with the app secret, compared in constant time."""
-    if not header or not header.startswith(SIGNATURE_PREFIX):
-        return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len(SIGNATURE_PREFIX) :].strip().lower())
+@dataclass(frozen=True)
+class NumberOwner:
+    """The tenant a number or WABA is registered to, and the Meta app that tenant is registered under."""
+
+    tenant_id: str
+    app_id: str
 
 
-def sign(secret: str, body: bytes) -> str:
-    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+# Looks a phone_number_id (or a WABA id, for fields without metadata) up in the registry.
+OwnerLookup = Callable[[str], NumberOwner | None]
 
 
 @dataclass(frozen=True)
 class ItemFailure:
-    """One item of a batch that could not be read: dead-lettered alone, the rest of the batch goes on."""
+    """A part of a delivery that could not be read: dead-lettered alone, the rest of the batch goes on.
+
+    `item` is the part as parsed; `whole_body` marks a body that is JSON but not a webhook at all (the dead letter
+    then carries the body exactly as received)."""
 
     tenant_id: str | None
     reason: str
-    item: dict[str, Any]
+    item: Any
+    whole_body: bool = False
 
 
 @dataclass
@@ -82,288 +93,288 @@ class Normalised:
     tenant_ids: list[str] = field(default_factory=list)
     unrouted_phone_number_ids: list[str] = field(default_factory=list)
     unrouted_entries: int = 0
+    foreign_phone_number_ids: list[str] = field(default_factory=list)
+    foreign_entries: int = 0
+
+    def fail(self, tenant_id: str | None, where: str, exc: Exception, item: Any) -> None:
+        self.failures.append(ItemFailure(tenant_id, f"{where}: {_describe(exc)}", item))
 
 
-# Looks a number (or a WABA, for fields without metadata) up in the registry: the owning tenant's id or None.
-TenantLookup = Callable[[str], str | None]
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '(value)'}: {e['msg']}" for e in exc.errors()[:5]]
+        more = exc.error_count() - len(parts)
+        return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    return str(exc)[:1000]
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
+def parse_body(body: bytes) -> Any:
+    """The JSON value of the body, whatever it is; only bytes that are not JSON are refused."""
     try:
-        parsed = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidWebhook(f"body is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("entry"), list):
-        raise InvalidWebhook("body is not a webhook: an object with an `entry` list is expected")
-    if parsed.get("object") not in (None, "whatsapp_business_account"):
-        raise InvalidWebhook(f"unsupported webhook object {parsed.get('object')!r}")
-    return parsed
 
 
 def normalise(
-    body: dict[str, Any],
+    body: Any,
     *,
-    tenant_for_number: TenantLookup,
-    tenant_for_waba: TenantLookup,
+    app_id: str,
+    owner_of_number: OwnerLookup,
+    owner_of_waba: OwnerLookup,
     correlation_id: str,
     causation_id: Any = None,
     now: datetime,
 ) -> Normalised:
-    """Every entry, every change, every message and status of a batch, each as its own event."""
+    """Every entry, every change, every message and status of a delivery signed by `app_id`, each its own event."""
     out = Normalised()
-    for entry in body["entry"]:
-        if not isinstance(entry, dict):
-            out.failures.append(ItemFailure(None, "entry is not an object", {"entry": entry}))
+    batch = _Batch(out, app_id, owner_of_number, owner_of_waba, correlation_id, causation_id, now)
+    try:
+        typed = TypedWebhook.model_validate(body)
+    except ValidationError:
+        pass  # read layer by layer below, to find the parts that are wrong
+    else:
+        for raw, typed_entry in zip(body["entry"], typed.entry, strict=True):
+            for raw_change, typed_change in zip(raw.get("changes", ()), typed_entry.changes, strict=True):
+                batch.messages_change(typed_entry.id, raw_change["value"], typed_change.value)
+        return out
+    try:
+        webhook = WebhookBody.model_validate(body)
+    except ValidationError as exc:
+        out.failures.append(ItemFailure(None, f"body is not a WhatsApp webhook: {_describe(exc)}", None, True))
+        return out
+    for raw_entry in webhook.entry:
+        try:
+            entry = Entry.model_validate(raw_entry)
+        except ValidationError as exc:
+            out.fail(None, "entry", exc, raw_entry)
             continue
-        waba_id = str(entry.get("id", ""))
-        for change in entry.get("changes") or []:
-            if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
-                out.failures.append(ItemFailure(None, "change without a value object", {"change": change}))
+        for raw_change in entry.changes:
+            try:
+                change = Change.model_validate(raw_change)
+            except ValidationError as exc:
+                out.fail(None, "change", exc, raw_change)
                 continue
-            _normalise_change(
-                out, waba_id, entry, change, tenant_for_number, tenant_for_waba, correlation_id, causation_id, now
-            )
+            if change.field == "messages":
+                batch.messages_change(entry.id, change.value, None)
+            else:
+                batch.other_change(entry, change, str(raw_entry.get("time", "")))
     return out
 
 
-def _note_number(out: Normalised, phone_number_id: str, tenant_id: str | None) -> None:
-    if phone_number_id and phone_number_id not in out.phone_number_ids:
-        out.phone_number_ids.append(phone_number_id)
-    if tenant_id is None:
-        if phone_number_id not in out.unrouted_phone_number_ids:
-            out.unrouted_phone_number_ids.append(phone_number_id)
-    elif tenant_id not in out.tenant_ids:
-        out.tenant_ids.append(tenant_id)
+def _checked_item(raw: Any) -> dict[str, Any]:
+    """An item that is an object, nests within MAX_DEPTH and serialises within MAX_ITEM_BYTES."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"an object is expected, not {type(raw).__name__}")
+    if not nesting_within(raw):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    size = len(orjson.dumps(raw))
+    if size > MAX_ITEM_BYTES:
+        raise ValueError(f"{size} bytes, more than the {MAX_ITEM_BYTES} an item may hold")
+    return raw
 
 
-def _normalise_change(
-    out: Normalised,
-    waba_id: str,
-    entry: dict[str, Any],
-    change: dict[str, Any],
-    tenant_for_number: TenantLookup,
-    tenant_for_waba: TenantLookup,
-    correlation_id: str,
-    causation_id: Any,
-    now: datetime,
-) -> None:
-    field_name = str(change.get("field", ""))
-    value: dict[str, Any] = change["value"]
-    common = {"correlation_id": correlation_id, "causation_id": causation_id, "clock": lambda: now}
+@dataclass
+class _Batch:
+    out: Normalised
+    app_id: str
+    owner_of_number: OwnerLookup
+    owner_of_waba: OwnerLookup
+    correlation_id: str
+    causation_id: Any
+    now: datetime
 
-    if field_name != "messages":
-        tenant_id = tenant_for_waba(waba_id)
-        phone_number_id = str(value.get("phone_number_id") or value.get("metadata", {}).get("phone_number_id") or "")
-        if tenant_id is None:
+    def _common(self) -> dict[str, Any]:
+        return {"correlation_id": self.correlation_id, "causation_id": self.causation_id, "clock": lambda: self.now}
+
+    def _route(self, owner: NumberOwner | None, label: str) -> str | None:
+        """The tenant to route to, or None: unknown numbers and numbers of another app's tenants are only counted.
+
+        The signature proves only which app sent the delivery; whoever holds one app's secret must not reach the
+        tenants of another, so a number registered under another app is `foreign`, never routed."""
+        out = self.out
+        if label and label not in out.phone_number_ids:
+            out.phone_number_ids.append(label)
+        if owner is None:
             out.unrouted_entries += 1
-            _note_number(out, phone_number_id or f"waba:{waba_id}", None)
+            if label not in out.unrouted_phone_number_ids:
+                out.unrouted_phone_number_ids.append(label)
+            return None
+        if owner.app_id != self.app_id:
+            out.foreign_entries += 1
+            if label not in out.foreign_phone_number_ids:
+                out.foreign_phone_number_ids.append(label)
+            return None
+        if owner.tenant_id not in out.tenant_ids:
+            out.tenant_ids.append(owner.tenant_id)
+        return owner.tenant_id
+
+    def messages_change(self, waba_id: str, raw_value: dict[str, Any], typed: TypedMessagesValue | None) -> None:
+        """One `messages` change; `typed` when the whole body was read in one validation, else None."""
+        out = self.out
+        if typed is None:
+            try:
+                metadata = Metadata.model_validate(raw_value.get("metadata"))
+            except ValidationError as exc:
+                out.fail(None, "value.metadata", exc, raw_value)
+                return
+        else:
+            metadata = typed.metadata
+        number = metadata.phone_number_id
+        tenant_id = self._route(self.owner_of_number(number), number)
+        if tenant_id is None:
+            return  # kept in the raw archive (whatsapp.webhooks.v1) and counted; never routed to a guess
+        if typed is None:
+            try:
+                value = MessagesValue.model_validate(raw_value)
+            except ValidationError as exc:
+                out.fail(tenant_id, "value", exc, raw_value)
+                return
+            contacts, messages, statuses, errors = value.contacts, value.messages, value.statuses, value.errors
+            read_messages: list[InboundMessage | None] = [None] * len(messages)
+            read_statuses: list[InboundStatus | None] = [None] * len(statuses)
+        else:
+            contacts, errors = list(typed.contacts), typed.errors
+            messages, statuses = raw_value.get("messages", []), raw_value.get("statuses", [])
+            read_messages, read_statuses = list(typed.messages), list(typed.statuses)
+        senders = Senders(out, tenant_id, contacts)
+        for raw, read in zip(messages, read_messages, strict=True):
+            try:
+                received = self._message(_checked_item(raw), read, waba_id, metadata, senders)
+                out.events.append(
+                    MessageReceivedEvent.new(
+                        tenant_id=tenant_id,
+                        payload=received,
+                        occurred_at=received.timestamp,
+                        event_id=derived_event_id(tenant_id, received.wamid),
+                        **self._common(),
+                    )
+                )
+            except READ_ERRORS as exc:
+                out.fail(tenant_id, "message", exc, raw)
+        for raw, read_status in zip(statuses, read_statuses, strict=True):
+            try:
+                status = self._status(_checked_item(raw), read_status, waba_id, number)
+                out.events.append(
+                    MessageStatusEvent.new(
+                        tenant_id=tenant_id,
+                        payload=status,
+                        occurred_at=status.timestamp,
+                        event_id=derived_event_id(tenant_id, status.wamid, status.status, str(raw["timestamp"])),
+                        **self._common(),
+                    )
+                )
+            except READ_ERRORS as exc:
+                out.fail(tenant_id, "status", exc, raw)
+        if errors and not messages and not statuses:
+            # System, app or account problems (e.g. 130429, 131000) arrive as value-level errors with nothing else.
+            try:
+                _checked_item(raw_value)
+                identity = orjson.dumps(errors, option=orjson.OPT_SORT_KEYS).decode()
+                payload = AccountUpdate(
+                    waba_id=waba_id, field="messages", event="ERRORS", phone_number_id=number, value=raw_value
+                )
+            except READ_ERRORS as exc:
+                out.fail(tenant_id, "value.errors", exc, raw_value)
+                return
+            out.events.append(
+                AccountUpdateEvent.new(
+                    tenant_id=tenant_id,
+                    payload=payload,
+                    event_id=derived_event_id(tenant_id, "errors", number, identity),
+                    **self._common(),
+                )
+            )
+
+    def _message(
+        self, raw: dict[str, Any], read: InboundMessage | None, waba_id: str, metadata: Metadata, senders: Senders
+    ) -> MessageReceived:
+        m = read if read is not None else InboundMessage.model_validate(raw)
+        contact = senders.of(m.from_, m.from_user_id)
+        profile = contact.profile if contact is not None else None
+        return MessageReceived(
+            wamid=m.id,
+            phone_number_id=metadata.phone_number_id,
+            display_phone_number=metadata.display_phone_number,
+            waba_id=waba_id,
+            wa_id=m.from_,
+            user_id=m.from_user_id or (contact.user_id if contact is not None else None),
+            username=profile.username if profile is not None else None,
+            profile_name=profile.name if profile is not None else None,
+            type=m.type,
+            timestamp=m.timestamp,
+            content=message_content.content(m.type, raw),
+            context=message_content.context(m.context) if m.context is not None else None,
+            referral=Referral.model_validate(m.referral) if m.referral is not None else None,
+            errors=message_content.errors(m.errors),
+        )
+
+    def _status(
+        self, raw: dict[str, Any], read: InboundStatus | None, waba_id: str, phone_number_id: str
+    ) -> MessageStatus:
+        s = read if read is not None else InboundStatus.model_validate(raw)
+        return MessageStatus(
+            wamid=s.id,
+            phone_number_id=phone_number_id,
+            waba_id=waba_id,
+            wa_id=s.recipient_id,
+            user_id=s.recipient_user_id,
+            status=s.status,
+            timestamp=s.timestamp,
+            conversation=s.conversation,
+            pricing=Pricing.model_validate(s.pricing) if s.pricing is not None else None,
+            errors=message_content.errors(s.errors),
+            biz_opaque_callback_data=s.biz_opaque_callback_data,
+        )
+
+    def other_change(self, entry: Entry, change: Change, raw_time: str) -> None:
+        """Template and account updates: fields without metadata, routed by the entry's WABA."""
+        out, value, field_name = self.out, change.value, change.field
+        number = _phone_number_id(value)
+        tenant_id = self._route(self.owner_of_waba(entry.id), number or f"waba:{entry.id}")
+        if tenant_id is None:
             return
-        if phone_number_id:
-            _note_number(out, phone_number_id, tenant_id)
-        elif tenant_id not in out.tenant_ids:
-            out.tenant_ids.append(tenant_id)
-        occurred = meta_timestamp(entry["time"]) if isinstance(entry.get("time"), int | str) else now
-        identity = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-        event_id = derived_event_id(tenant_id, field_name, str(entry.get("time", "")), identity)
+        occurred = entry.time or self.now
         try:
+            _checked_item(value)
+            identity = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+            event_id = derived_event_id(tenant_id, field_name, raw_time, identity)
             if field_name in TEMPLATE_FIELDS:
                 out.events.append(
                     TemplateStatusEvent.new(
                         tenant_id=tenant_id,
-                        payload=_template_status(waba_id, field_name, value),
+                        payload=_template_status(entry.id, field_name, value),
                         occurred_at=occurred,
                         event_id=event_id,
-                        **common,
+                        **self._common(),
                     )
                 )
             else:
+                event = value.get("event")
                 out.events.append(
                     AccountUpdateEvent.new(
                         tenant_id=tenant_id,
                         payload=AccountUpdate(
-                            waba_id=waba_id,
+                            waba_id=entry.id,
                             field=field_name,
-                            event=str(value["event"]) if value.get("event") is not None else None,
-                            phone_number_id=phone_number_id or None,
+                            event=str(event) if isinstance(event, str | int) and not isinstance(event, bool) else None,
+                            phone_number_id=number,
                             value=value,
                         ),
                         occurred_at=occurred,
                         event_id=event_id,
-                        **common,
+                        **self._common(),
                     )
                 )
-        except (ValidationError, KeyError, TypeError, ValueError) as exc:
-            out.failures.append(ItemFailure(tenant_id, f"{field_name}: {exc}", value))
-        return
-
-    metadata = value.get("metadata") or {}
-    phone_number_id = str(metadata.get("phone_number_id", ""))
-    tenant_id = tenant_for_number(phone_number_id) if phone_number_id else None
-    _note_number(out, phone_number_id, tenant_id)
-    if tenant_id is None:
-        # Kept in the raw archive (whatsapp.webhooks.v1) and counted; never routed to a guessed tenant.
-        out.unrouted_entries += 1
-        return
-    display = metadata.get("display_phone_number")
-    profiles = {
-        str(c.get("wa_id")): (c.get("profile") or {}).get("name")
-        for c in value.get("contacts") or []
-        if isinstance(c, dict)
-    }
-    for raw in value.get("messages") or []:
-        try:
-            received = _message(raw, waba_id, phone_number_id, display, profiles)
-            out.events.append(
-                MessageReceivedEvent.new(
-                    tenant_id=tenant_id,
-                    payload=received,
-                    occurred_at=received.timestamp,
-                    event_id=derived_event_id(tenant_id, received.wamid),
-                    **common,
-                )
-            )
-        except (ValidationError, KeyError, TypeError, ValueError) as exc:
-            out.failures.append(ItemFailure(tenant_id, f"message: {exc}", raw if isinstance(raw, dict) else {}))
-    for raw in value.get("statuses") or []:
-        try:
-            status = _status(raw, waba_id, phone_number_id)
-            out.events.append(
-                MessageStatusEvent.new(
-                    tenant_id=tenant_id,
-                    payload=status,
-                    occurred_at=status.timestamp,
-                    event_id=derived_event_id(tenant_id, status.wamid, status.status, str(raw["timestamp"])),
-                    **common,
-                )
-            )
-        except (ValidationError, KeyError, TypeError, ValueError) as exc:
-            out.failures.append(ItemFailure(tenant_id, f"status: {exc}", raw if isinstance(raw, dict) else {}))
-    if value.get("errors") and not value.get("messages") and not value.get("statuses"):
-        # System, app or account problems (e.g. 130429, 131000) arrive as value-level errors with nothing else.
-        identity = orjson.dumps(value["errors"], option=orjson.OPT_SORT_KEYS).decode()
-        out.events.append(
-            AccountUpdateEvent.new(
-                tenant_id=tenant_id,
-                payload=AccountUpdate(
-                    waba_id=waba_id, field="messages", event="ERRORS", phone_number_id=phone_number_id, value=value
-                ),
-                event_id=derived_event_id(tenant_id, "errors", phone_number_id, identity),
-                **common,
-            )
-        )
+        except READ_ERRORS as exc:
+            out.fail(tenant_id, field_name, exc, value)
 
 
-def _errors(raw: Any) -> list[MetaErrorDetail]:
-    errors = []
-    for e in raw or []:
-        details = (e.get("error_data") or {}).get("details")
-        errors.append(
-            MetaErrorDetail(
-                code=int(e["code"]), title=e.get("title"), message=e.get("message"), details=details, href=e.get("href")
-            )
-        )
-    return errors
-
-
-def _message(
-    raw: dict[str, Any], waba_id: str, phone_number_id: str, display: str | None, profiles: dict[str, str | None]
-) -> MessageReceived:
-    wa_id = str(raw["from"])
-    context = raw.get("context")
-    referral = raw.get("referral")
-    return MessageReceived(
-        wamid=str(raw["id"]),
-        phone_number_id=phone_number_id,
-        display_phone_number=display,
-        waba_id=waba_id,
-        wa_id=wa_id,
-        profile_name=profiles.get(wa_id),
-        type=str(raw.get("type", "unknown")),
-        timestamp=meta_timestamp(raw["timestamp"]),
-        content=_content(raw),
-        context=_context(context) if isinstance(context, dict) else None,
-        referral=Referral.model_validate(referral) if isinstance(referral, dict) else None,
-        errors=_errors(raw.get("errors")),
-    )
-
-
-def _context(raw: dict[str, Any]) -> MessageContext:
-    product = raw.get("referred_product")
-    return MessageContext(
-        quoted_wamid=raw.get("id"),
-        quoted_from=raw.get("from"),
-        forwarded=bool(raw.get("forwarded", False)),
-        frequently_forwarded=bool(raw.get("frequently_forwarded", False)),
-        referred_product=ReferredProduct.model_validate(product) if isinstance(product, dict) else None,
-    )
-
-
-def _content(raw: dict[str, Any]) -> MessageContent:
-    """The typed content of a message; anything unknown or unreadable is kept raw as `unsupported`."""
-    kind = str(raw.get("type", "unknown"))
-    body = raw.get(kind)
-    try:
-        content = _typed_content(kind, body)
-    except (ValidationError, KeyError, TypeError, ValueError):
-        content = None
-    if content is not None:
-        return content
-    original = kind
-    if kind == "unsupported" and isinstance(body, dict) and body.get("type"):
-        original = str(body["type"])
-    return UnsupportedContent(original_type=original, raw={k: v for k, v in raw.items() if k not in ("from", "id")})
-
-
-def _typed_content(kind: str, body: Any) -> MessageContent | None:
-    match kind:
-        case "text":
-            return TextContent.model_validate(body)
-        case _ if kind in MEDIA_TYPES:
-            return MediaContent.model_validate({**body, "type": kind})
-        case "location":
-            return LocationContent.model_validate(body)
-        case "contacts":
-            return ContactsContent(contacts=[ContactCard.model_validate(c) for c in body])
-        case "interactive":
-            sub = str(body["type"])
-            detail = body.get(sub) or {}
-            return InteractiveContent(
-                kind=sub,
-                reply_id=detail.get("id"),
-                title=detail.get("title"),
-                description=detail.get("description"),
-                flow_name=detail.get("name"),
-                flow_body=detail.get("body"),
-                response_json=detail.get("response_json"),
-            )
-        case "button":
-            return ButtonContent.model_validate(body)
-        case "reaction":
-            return ReactionContent(message_id=body["message_id"], emoji=body.get("emoji") or None)
-        case "order":
-            return OrderContent.model_validate(body)
-        case "system":
-            return SystemContent(body=body.get("body"), system_type=body.get("type"), new_wa_id=body.get("wa_id"))
-        case "edit":
-            return EditContent.model_validate(body)
-        case "revoke":
-            return RevokeContent.model_validate(body)
-    return None
-
-
-def _status(raw: dict[str, Any], waba_id: str, phone_number_id: str) -> MessageStatus:
-    return MessageStatus(
-        wamid=str(raw["id"]),
-        phone_number_id=phone_number_id,
-        waba_id=waba_id,
-        wa_id=str(raw.get("recipient_id", "")),
-        status=str(raw["status"]),
-        timestamp=meta_timestamp(raw["timestamp"]),
-        conversation=raw.get("conversation"),
-        pricing=raw.get("pricing"),
-        errors=_errors(raw.get("errors")),
-        biz_opaque_callback_data=raw.get("biz_opaque_callback_data"),
-    )
+def _phone_number_id(value: dict[str, Any]) -> str | None:
+    """The number a non-`messages` update is about, when it names one (as digits)."""
+    metadata = value.get("metadata")
+    found = value.get("phone_number_id") or (metadata.get("phone_number_id") if isinstance(metadata, dict) else None)
+    return found if isinstance(found, str) and found.isascii() and found.isdigit() and len(found) <= 32 else None
 
 
 def _template_status(waba_id: str, field_name: str, value: dict[str, Any]) -> TemplateStatus:
@@ -373,10 +384,12 @@ def _template_status(waba_id: str, field_name: str, value: dict[str, Any]) -> Te
     if event is None:
         event = "QUALITY_CHANGED" if field_name == "message_template_quality_update" else "CATEGORY_CHANGED"
     template_id = value.get("message_template_id")
+    if template_id is not None and (isinstance(template_id, bool) or not isinstance(template_id, int | str)):
+        raise TypeError("message_template_id is neither a number nor a string")
     return TemplateStatus(
         waba_id=waba_id,
         field=field_name,
-        event=str(event),
+        event=event,
         template_id=str(template_id) if template_id is not None else None,
         name=value.get("message_template_name"),
         language=value.get("message_template_language"),

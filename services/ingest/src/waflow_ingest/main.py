@@ -17,7 +17,8 @@ from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
-from waflow_ingest.api import IngestApp, IngestContext, WebhookReceiver, document_webhook, router
+from waflow_ingest.api import IngestApp, IngestContext, WebhookReceiver, router
+from waflow_ingest.openapi import document_webhook
 
 
 class IngestSettings(CommonSettings):

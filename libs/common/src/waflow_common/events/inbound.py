@@ -204,16 +204,18 @@ class MessageReceived(Payload):
     referral: Referral | None = None
     errors: list[MetaErrorDetail] = Field(default_factory=list)
 
-    # Per REFERENCE §10: only real customer messages open or refresh the 24-hour window. A type this version
-    # does not know (or Meta marks unsupported) is still a message the customer sent, so it counts too.
-    _WINDOW_TYPES: ClassVar[frozenset[str]] = frozenset(
-        {"text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive"}
-        | {"button", "order", "unsupported"}
-    )
+    # Every message a customer sends opens or refreshes the 24-hour window (REFERENCE §10), including one Meta
+    # marks unsupported (a poll, say) and a type this version does not know: the customer still wrote. What does
+    # not: system messages (Meta's own notices, e.g. a changed number), and reactions, edits and revokes, which act
+    # on an earlier message (Meta does not say they refresh it; §10 counts only real messages). An edit on a
+    # normal number arrives as `unsupported` with `unsupported.type: edit`, and is still an edit.
+    _NOT_WINDOW_TYPES: ClassVar[frozenset[str]] = frozenset({"system", "reaction", "edit", "revoke"})
 
     @property
     def opens_window(self) -> bool:
-        return self.content.type in self._WINDOW_TYPES
+        if isinstance(self.content, UnsupportedContent):
+            return self.content.original_type not in self._NOT_WINDOW_TYPES
+        return self.content.type not in self._NOT_WINDOW_TYPES
 
     @property
     def customer_id(self) -> str:

@@ -21,6 +21,11 @@ class WebhookReceived(Payload):
         default_factory=list,
         description="numbers in the body that no tenant owns: archived here, routed nowhere",
     )
+    foreign_phone_number_ids: list[str] = Field(
+        default_factory=list,
+        description="numbers (or `waba:<id>`) in the body registered to a tenant of another Meta app than the one "
+        "that signed it: archived here, routed nowhere",
+    )
 
 
 class WebhookReceivedEvent(Envelope[WebhookReceived]):
