@@ -489,9 +489,10 @@ def _compare_message(message: dict[str, Any], spec: dict[str, Any]) -> Iterator[
         emoji = [r.get("emoji") for r in message.get("reactions") or []]
         if emoji != spec["reactions"]:
             yield f"reactions are {emoji}, expected {spec['reactions']}"
-    for flag in ("edited", "revoked"):
-        if flag in spec and bool(message.get(flag)) != spec[flag]:
-            yield f"{flag} is {message.get(flag)!r}, expected {spec[flag]}"
+    for flag in ("edited", "revoked"):  # the API says when: `edited_at`, `revoked_at` (null when never)
+        shown = message.get(f"{flag}_at")
+        if flag in spec and (shown is not None) != spec[flag]:
+            yield f"{flag}_at is {shown!r}, expected {'a time' if spec[flag] else 'null'}"
     outside_content = json.dumps({k: v for k, v in message.items() if k != "content"}, ensure_ascii=False)
     for earlier in spec.get("history", []):
         if json.dumps(earlier, ensure_ascii=False)[1:-1] not in outside_content:

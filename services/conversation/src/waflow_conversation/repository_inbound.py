@@ -188,7 +188,8 @@ class ChatActivity:
             sets["user_id"] = m.user_id
         if m.wa_id and not chat.get("wa_id"):  # a number joins a BSUID-only customer's chat
             sets["wa_id"] = m.wa_id
-        if chat.get("last_message_at") is None or at >= chat["last_message_at"]:
+        newest = chat.get("last_message_at") is None or at >= chat["last_message_at"]
+        if newest and domain.shown_as_own_entry(m.content.type):  # a reaction shows on its message, not the list
             sets["last_message"] = {
                 "message_id": message_id,
                 "wamid": m.wamid,

@@ -10,9 +10,9 @@ from waflow_simulator.models import CustomerMessage, Number
 
 # Real user messages open or refresh the 24 h window; reactions, system and unsupported ones do not
 # (REFERENCE.md §10).
-WINDOW_TYPES = frozenset(
-    {"text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive", "button", "order"}
-)
+# Any message the customer sends opens Meta's window, one of a type Meta calls unsupported (a poll) too; Meta's own
+# notices and what acts on an earlier message do not.
+NOT_WINDOW_TYPES = frozenset({"system", "reaction", "edit", "revoke"})
 _UNSUPPORTED_ERRORS: list[dict[str, Any]] = [
     {
         "code": 131051,
@@ -111,7 +111,7 @@ def window_openers(envelope: Any) -> Iterator[tuple[str, str, int]]:
                 continue
             for message in _dicts(value, "messages"):
                 sender, stamp = message.get("from"), message.get("timestamp")
-                if message.get("type") in WINDOW_TYPES and isinstance(sender, str) and str(stamp).isdigit():
+                if message.get("type") not in NOT_WINDOW_TYPES and isinstance(sender, str) and str(stamp).isdigit():
                     yield number_id, sender, int(str(stamp))
 
 
