@@ -114,7 +114,9 @@ def _seed(stack: Stack) -> dict[str, str]:
             found = http.get(stack.url("contacts") + f"/v1/contacts/by-phone/{wa_id}")
             contact = found.json() if found.status_code == 200 else None
             time.sleep(0.1)
-        assert chat is not None and chat["last_message"] and contact is not None, "the seed customer never arrived"
+        assert chat is not None, "the seed customer's chat never appeared"
+        assert chat["last_message"], "the seed customer's message never appeared"
+        assert contact is not None, "the seed customer's contact never appeared"
         note = http.post(
             stack.url("conversation") + f"/v1/chats/{chat['chat_id']}/notes", json={"author": "seed", "text": "n"}
         )

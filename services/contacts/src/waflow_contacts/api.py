@@ -16,6 +16,7 @@ from waflow_contacts.book import Cause, ContactBook
 from waflow_contacts.domain import ContactRuleError, FieldDefinition, InvalidPhone
 from waflow_contacts.errors import ContactNotFound
 from waflow_contacts.schemas import (
+    PHONE_PATTERN,
     BulkResult,
     Contact,
     ContactCreate,
@@ -160,7 +161,9 @@ async def list_contacts(
 async def contact_by_phone(
     tenant: CurrentTenant,
     book: Book,
-    phone: Annotated[str, Path(max_length=40, examples=["+34612345678"])],
+    phone: Annotated[
+        str, Path(min_length=1, max_length=40, pattern=PHONE_PATTERN.replace("/", ""), examples=["+34612345678"])
+    ],
 ) -> Contact:
     try:
         number = domain.normalise_phone(phone)
@@ -246,7 +249,7 @@ async def add_tags(
 )
 async def remove_tag(
     contact_id: ContactId,
-    tag: Annotated[str, Path(max_length=100, examples=["vip"])],
+    tag: Annotated[str, Path(min_length=1, max_length=domain.MAX_TAG_LENGTH, examples=["vip"])],
     tenant: CurrentTenant,
     book: Book,
     cause: RequestCause,
@@ -329,7 +332,9 @@ async def define_field(
     response_model=FieldDefinitionOut,
 )
 async def retire_field(
-    key: Annotated[str, Path(max_length=40, examples=["city"])], tenant: CurrentTenant, book: Book
+    key: Annotated[str, Path(max_length=40, pattern=domain.FIELD_KEY.pattern, examples=["city"])],
+    tenant: CurrentTenant,
+    book: Book,
 ) -> FieldDefinitionOut:
     return _definition_out(await book.retire_field(tenant.tenant_id, key))
 

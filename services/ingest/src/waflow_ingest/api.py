@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 from waflow_common.events.envelope import Clock, derived_event_id
 from waflow_common.events.webhooks import WebhookReceived, WebhookReceivedEvent
-from waflow_common.http import CORRELATION_HEADER, ApiError, NotFound, ServiceUnavailable, Unauthorized, error_body
+from waflow_common.http import (
+    CORRELATION_HEADER,
+    ApiError,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    error_body,
+    error_response,
+)
 from waflow_common.kafka import PublishError
 from waflow_common.logs import correlation_id_var
 from waflow_common.producer import RecordProducer, event_record
@@ -296,8 +304,18 @@ class IngestApp:
         await self.api(scope, receive, send)
 
 
-def _error_example(code: str, message: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"example": error_body(code, message)}}}
+# What the delivery's body must be for ingest to read it at all (else 400 `invalid_webhook`); whatever an entry
+# holds beyond that is Meta's, and an item that cannot be read is dead-lettered in a 200 answer.
+WEBHOOK_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Meta's webhook body, signed as sent",
+    "required": ["entry"],
+    "properties": {
+        "object": {"type": "string", "enum": ["whatsapp_business_account"]},
+        "entry": {"type": "array", "description": "one per WhatsApp Business Account; items are Meta's"},
+    },
+}
+SIGNATURE_EXAMPLE = "sha256=" + "4f1c" * 16
 
 
 def document_webhook(api: FastAPI) -> None:
@@ -326,7 +344,7 @@ def document_webhook(api: FastAPI) -> None:
                     "in": "path",
                     "required": True,
                     "description": "the Meta app id this callback URL belongs to",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
                     "example": "100200300400500",
                 },
                 {
@@ -334,15 +352,15 @@ def document_webhook(api: FastAPI) -> None:
                     "in": "header",
                     "required": True,
                     "description": "sha256=HMAC-SHA256 of the raw body with the app secret",
-                    "schema": {"type": "string"},
-                    "example": "sha256=4f1c…",
+                    "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+                    "example": SIGNATURE_EXAMPLE,
                 },
             ],
             "requestBody": {
                 "required": True,
                 "content": {
                     "application/json": {
-                        "schema": {"type": "object", "description": "Meta's webhook body, signed as sent"},
+                        "schema": WEBHOOK_BODY_SCHEMA,
                         "example": {"object": "whatsapp_business_account", "entry": []},
                     }
                 },
@@ -357,11 +375,11 @@ def document_webhook(api: FastAPI) -> None:
                         }
                     },
                 },
-                "400": _error_example("invalid_webhook", "body is not JSON", "not a WhatsApp webhook body"),
-                "401": _error_example("bad_signature", "signature mismatch", "missing or wrong signature"),
-                "404": _error_example("not_found", "unknown app", "no such app"),
-                "413": _error_example("too_large", "body too large", "body over the size limit"),
-                "503": _error_example("unavailable", "Kafka unavailable", "Kafka did not acknowledge; retry"),
+                "400": error_response("not a WhatsApp webhook body", "invalid_webhook", "body is not JSON"),
+                "401": error_response("missing or wrong signature", "bad_signature", "signature mismatch"),
+                "404": error_response("no such app", "not_found", "unknown app"),
+                "413": error_response("body over the size limit", "too_large", "body too large"),
+                "503": error_response("Kafka did not acknowledge; retry", "unavailable", "Kafka unavailable"),
             },
         }
         schema["paths"].setdefault(WEBHOOK_PREFIX + "{app_id}", {})["post"] = operation
