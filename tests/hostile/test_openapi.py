@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 
-def run_schemathesis(stack: Any, service: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_schemathesis(stack: Any, service: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     command = [
         str(SCHEMATHESIS),
         "run",
@@ -54,12 +54,14 @@ def run_schemathesis(stack: Any, service: str, *extra: str) -> subprocess.Comple
         "WAFLOW_HOSTILE_IDS": json.dumps(stack.seeded | {"app_id": stack.app_id}),
         "WAFLOW_HOSTILE_APP_SECRET": stack.app_secret,
     }
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    # Its own working directory: schemathesis keeps a cache of past failures there, which would make runs
+    # depend on what ran before.
+    return subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True, timeout=1800, check=False)
 
 
 @pytest.mark.parametrize("service", ["conversation", "contacts", "outbound", "ingest"])
-def test_every_answer_is_the_documented_one(stack: Any, service: str) -> None:
-    result = run_schemathesis(stack, service)
+def test_every_answer_is_the_documented_one(stack: Any, service: str, tmp_path: Path) -> None:
+    result = run_schemathesis(stack, service, tmp_path)
     assert result.returncode == 0, (
         f"schemathesis found answers {service}'s OpenAPI does not declare:\n{result.stdout}\n{result.stderr}\n"
         f"--- {service} log\n{stack.log_tail(service)}"

@@ -16,7 +16,8 @@ from waflow_contacts.book import Cause, ContactBook
 from waflow_contacts.domain import ContactRuleError, FieldDefinition, InvalidPhone
 from waflow_contacts.errors import ContactNotFound
 from waflow_contacts.schemas import (
-    PHONE_PATTERN,
+    PHONE_SCHEMA,
+    TAG_SCHEMA,
     BulkResult,
     Contact,
     ContactCreate,
@@ -162,7 +163,12 @@ async def contact_by_phone(
     tenant: CurrentTenant,
     book: Book,
     phone: Annotated[
-        str, Path(min_length=1, max_length=40, pattern=PHONE_PATTERN.replace("/", ""), examples=["+34612345678"])
+        str,
+        Path(
+            max_length=40,
+            json_schema_extra=PHONE_SCHEMA | {"pattern": r"^[0-9 +().\-]+$"},  # no "/" in a path segment
+            examples=["+34612345678"],
+        ),
     ],
 ) -> Contact:
     try:
@@ -249,7 +255,7 @@ async def add_tags(
 )
 async def remove_tag(
     contact_id: ContactId,
-    tag: Annotated[str, Path(min_length=1, max_length=domain.MAX_TAG_LENGTH, examples=["vip"])],
+    tag: Annotated[str, Path(max_length=100, json_schema_extra=TAG_SCHEMA, examples=["vip"])],
     tenant: CurrentTenant,
     book: Book,
     cause: RequestCause,

@@ -21,9 +21,13 @@ from waflow_contacts.domain import (
 # The limits the domain enforces, said in the schema too (the OpenAPI document is the contract). What JSON
 # Schema cannot say (a real numbering plan, Unicode case folding of tags) stays a 422 naming the field.
 # Not blank is said with ASCII whitespace only: regex engines disagree on which other characters are spaces.
+# Phones and tags are checked by the domain (which names the field and the reason in its 422); the schema says
+# the same limits without pydantic checking them first.
 NOT_BLANK = r"[^ \t\n\r\f\v]"
 PHONE_PATTERN = r"^[0-9 +().\-/]+$"
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH, pattern=NOT_BLANK)]
+PHONE_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": 40, "pattern": PHONE_PATTERN}
+TAG_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": MAX_TAG_LENGTH}
+Tag = Annotated[str, Field(json_schema_extra=TAG_SCHEMA)]
 ContactIdIn = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -73,9 +77,8 @@ class ContactCreate(Body):
         },
     )
     phone: str = Field(
-        min_length=1,
         max_length=40,
-        pattern=PHONE_PATTERN,
+        json_schema_extra=PHONE_SCHEMA,
         description="international: +34 612…, 0034 612…, or Meta's bare digits",
     )
     name: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)

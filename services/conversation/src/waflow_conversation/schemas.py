@@ -186,8 +186,12 @@ class NewChat(Strict):
         json_schema_extra={"examples": [{"phone": "+1 555 765 4321", "opened_by": "agent:giulia"}]},
     )
 
+    # The pattern is the schema's; the domain checks the number itself and answers `invalid_phone`.
     phone: str = Field(
-        min_length=3, max_length=40, pattern=PHONE_PATTERN, description="international form, e.g. +15557654321"
+        min_length=3,
+        max_length=40,
+        json_schema_extra={"pattern": PHONE_PATTERN},
+        description="international form, e.g. +15557654321",
     )
     phone_number_id: str | None = Field(
         default=None,
