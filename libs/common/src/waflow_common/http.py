@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import uuid
@@ -222,17 +223,16 @@ def _declare_errors(path: str, operation: dict[str, Any]) -> None:
         wanted.append(404)
     if parameters or "requestBody" in operation:
         wanted.append(422)
-    for status in wanted:
-        responses.setdefault(str(status), ERROR_RESPONSES[status])
+    for wanted_status in wanted:
+        responses.setdefault(str(wanted_status), copy.deepcopy(ERROR_RESPONSES[wanted_status]))
     for status, response in responses.items():
         if status.startswith(("4", "5")):
             # Also replaces FastAPI's own 422 schema (HTTPValidationError), which is not what is answered.
             content = response.setdefault("content", {}).setdefault("application/json", {})
             content["schema"] = ERROR_SCHEMA_REF
             if status == "422" and "example" not in content and "examples" not in content:
-                response.update(ERROR_RESPONSES[422] | {"content": {"application/json": dict(content)}})
-                content = response["content"]["application/json"]
-                content["example"] = ERROR_RESPONSES[422]["content"]["application/json"]["example"]
+                # FastAPI's default 422 ("Validation Error", no example): ours instead.
+                response.update(copy.deepcopy(ERROR_RESPONSES[422]))
 
 
 class CorrelationMiddleware:
