@@ -4,6 +4,7 @@ not UTF-8 or not JSON gets a documented 400 in the one error shape."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import httpx
@@ -35,6 +36,13 @@ def test_a_list_name_the_schema_allows_is_accepted_and_one_longer_is_refused(sta
     with httpx.Client(base_url=stack.url("contacts"), headers=stack.auth, timeout=10) as http:
         assert http.post("/v1/lists", json={"name": "L" * limit}).status_code == 201
         assert_error(http.post("/v1/lists", json={"name": "M" * (limit + 1)}), 422, "invalid_request")
+
+
+def test_invalid_tags_are_refused_even_for_a_number_that_has_a_contact(stack: Any) -> None:
+    phone = f"+34 61{random.randrange(10**7):07d}"  # a Spanish mobile number
+    with httpx.Client(base_url=stack.url("contacts"), headers=stack.auth, timeout=10) as http:
+        assert http.post("/v1/contacts", json={"phone": phone}).status_code == 201
+        assert_error(http.post("/v1/contacts", json={"phone": phone, "tags": [""]}), 422, "invalid_field")
 
 
 def test_preview_url_zero_is_not_a_boolean(stack: Any) -> None:

@@ -116,6 +116,8 @@ async def create_contact(
     body: ContactCreate, tenant: CurrentTenant, book: Book, cause: RequestCause, response: Response
 ) -> Contact:
     phone = domain.normalise_phone(body.phone)
+    # Checked before the number is looked up: an existing number must not make invalid tags acceptable.
+    domain.normalise_tags(body.tags)
     updates: dict[str, Any] = {"fields": body.fields} if body.fields else {}
     if body.name is not None:
         updates["name"] = body.name
