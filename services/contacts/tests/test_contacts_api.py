@@ -476,7 +476,7 @@ async def test_bad_requests_answer_clear_json_errors(contacts_url: str, api_a: h
     for response, status in [
         (await api_a.post("/v1/contacts", json={}), 422),
         (await api_a.post("/v1/contacts", json={"phone": "+34612345678", "colour": "red"}), 422),
-        (await api_a.post("/v1/contacts", content=b"{not json", headers={"Content-Type": "application/json"}), 422),
+        (await api_a.post("/v1/contacts", content=b"{not json", headers={"Content-Type": "application/json"}), 400),
         (await api_a.patch("/v1/contacts/c_000000000000000000000000", json={"name": "x"}), 404),
         (await api_a.post("/v1/contacts/c_000000000000000000000000/restore"), 404),
         (await api_a.put("/v1/contacts"), 405),

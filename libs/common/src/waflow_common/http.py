@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -12,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,20 +66,65 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": error}
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="what went wrong, in a word clients can branch on", examples=["not_found"])
+    message: str = Field(description="for people", examples=["chat not found"])
+    details: Any = Field(default=None, description="more, where there is more (e.g. the fields that were wrong)")
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error answer of every service."""
+
+    error: ErrorDetail
+
+
+ERROR_SCHEMA_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def error_response(description: str, code: str, message: str) -> dict[str, Any]:
+    """An OpenAPI response object for one error status: the shared error body, with an example."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": ERROR_SCHEMA_REF, "example": error_body(code, message)}},
+    }
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {
-        "description": "Missing or unknown API key",
-        "content": {"application/json": {"example": error_body("unauthorized", "a valid Bearer API key is required")}},
-    },
-    404: {
-        "description": "Not found (or another tenant's)",
-        "content": {"application/json": {"example": error_body("not_found", "chat not found")}},
-    },
-    422: {
-        "description": "Invalid input",
-        "content": {"application/json": {"example": error_body("invalid_request", "body.text: Field required")}},
-    },
+    400: error_response("The body is not JSON, or not UTF-8", "invalid_body", "the body is not valid JSON"),
+    401: error_response("Missing or unknown API key", "unauthorized", "a valid Bearer API key is required"),
+    404: error_response("Not found (or another tenant's)", "not_found", "chat not found"),
+    422: error_response("Invalid input", "invalid_request", "body.text: Field required"),
+    503: error_response("A dependency (the database) is unavailable; retry", "unavailable", "retry later"),
 }
+
+
+_OPERATION_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+
+def _allow_index(app: FastAPI) -> list[tuple[re.Pattern[str], int, frozenset[str]]]:
+    """The documented paths as patterns, with their number of parameters and their methods (built once)."""
+    index: list[tuple[re.Pattern[str], int, frozenset[str]]] | None = getattr(app.state, "allow_index", None)
+    if index is None:
+        index = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            parts = re.split(r"(\{[^}]+\})", template)
+            pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+            methods = frozenset(m.upper() for m in operations if m in _OPERATION_METHODS)
+            index.append((re.compile(pattern), sum(p.startswith("{") for p in parts), methods))
+        app.state.allow_index = index
+    return index
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Allow: every method the document declares on this path (Starlette names only the first route's).
+
+    Where templates overlap (`/members/remove` and `/members/{contact_id}`), the most literal one is the path.
+    """
+    matches = [(n, methods) for pattern, n, methods in _allow_index(request.app) if pattern.fullmatch(request.url.path)]
+    if not matches:
+        return None
+    fewest = min(n for n, _ in matches)
+    return ", ".join(sorted(set().union(*(methods for n, methods in matches if n == fewest))))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -88,6 +136,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            # A body that cannot be read at all is a 400, like one that is not UTF-8; 422 is for a body that
+            # reads but does not fit.
+            return JSONResponse(error_body("invalid_body", "the body is not valid JSON"), status_code=400)
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()
         ]
@@ -95,9 +147,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_request", message, errors), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            if allowed is not None:
+                headers["Allow"] = allowed
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it could not decode (not UTF-8, a broken form).
+            return JSONResponse(
+                error_body("invalid_body", "the body could not be read (JSON in UTF-8 is expected)"),
+                status_code=400,
+                headers=headers,
+            )
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(ConnectionFailure)
     async def on_database_unreachable(_: Request, exc: ConnectionFailure) -> JSONResponse:
@@ -110,6 +174,67 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return JSONResponse(error_body("internal", "internal error"), status_code=500)
+
+    document_errors(app)
+
+
+def document_errors(app: FastAPI) -> None:
+    """Declares the shared error answers on every operation of the app's OpenAPI document, in one place.
+
+    Each operation gets the ErrorBody schema on every error it declares, and the errors any route of its kind
+    can give: 401 where a key is required, 400 where there is a body, 404 where the path names something,
+    422 where there is input, 503 where it needs the database. A route's own declaration (its own example)
+    is kept; only the schema is added to it.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error_schema.pop("$defs", {}))
+        components["ErrorBody"] = error_schema
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                if method in {"get", "put", "post", "delete", "patch"}:
+                    _declare_errors(path, operation)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _declare_errors(path: str, operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    if path in _HEALTH_PATHS:
+        return
+    parameters = operation.get("parameters", [])
+    wanted: list[int] = []
+    if operation.get("security"):
+        wanted += [401, 503]
+    if "requestBody" in operation:
+        wanted.append(400)
+    if any(p.get("in") == "path" for p in parameters):
+        wanted.append(404)
+    if parameters or "requestBody" in operation:
+        wanted.append(422)
+    for wanted_status in wanted:
+        responses.setdefault(str(wanted_status), copy.deepcopy(ERROR_RESPONSES[wanted_status]))
+    for status, response in responses.items():
+        if status.startswith(("4", "5")):
+            # Also replaces FastAPI's own 422 schema (HTTPValidationError), which is not what is answered.
+            content = response.setdefault("content", {}).setdefault("application/json", {})
+            content["schema"] = ERROR_SCHEMA_REF
+            if status == "422" and "example" not in content and "examples" not in content:
+                # FastAPI's default 422 ("Validation Error", no example): ours instead.
+                response.update(copy.deepcopy(ERROR_RESPONSES[422]))
 
 
 class CorrelationMiddleware:

@@ -17,6 +17,8 @@ from waflow_contacts.book import Cause, ContactBook
 from waflow_contacts.domain import ContactRuleError, FieldDefinition, InvalidPhone
 from waflow_contacts.errors import ContactNotFound
 from waflow_contacts.schemas import (
+    PHONE_SCHEMA,
+    TAG_SCHEMA,
     BulkResult,
     Contact,
     ContactCreate,
@@ -115,6 +117,8 @@ async def create_contact(
     body: ContactCreate, tenant: CurrentTenant, book: Book, cause: RequestCause, response: Response
 ) -> Contact:
     phone = domain.normalise_phone(body.phone)
+    # Checked before the number is looked up: an existing number must not make invalid tags acceptable.
+    domain.normalise_tags(body.tags)
     updates: dict[str, Any] = {"fields": body.fields} if body.fields else {}
     if body.name is not None:
         updates["name"] = body.name
@@ -161,7 +165,14 @@ async def list_contacts(
 async def contact_by_phone(
     tenant: CurrentTenant,
     book: Book,
-    phone: Annotated[str, Path(max_length=40, examples=["+34612345678"])],
+    phone: Annotated[
+        str,
+        Path(
+            max_length=40,
+            json_schema_extra=PHONE_SCHEMA | {"pattern": r"^[0-9 +().\-]+$"},  # no "/" in a path segment
+            examples=["+34612345678"],
+        ),
+    ],
 ) -> Contact:
     try:
         number = domain.normalise_phone(phone)
@@ -248,7 +259,7 @@ async def add_tags(
 )
 async def remove_tag(
     contact_id: ContactId,
-    tag: Annotated[str, Path(max_length=100, examples=["vip"])],
+    tag: Annotated[str, Path(max_length=100, json_schema_extra=TAG_SCHEMA, examples=["vip"])],
     tenant: CurrentTenant,
     book: Book,
     cause: RequestCause,
@@ -331,7 +342,9 @@ async def define_field(
     response_model=FieldDefinitionOut,
 )
 async def retire_field(
-    key: Annotated[str, Path(max_length=40, examples=["city"])], tenant: CurrentTenant, book: Book
+    key: Annotated[str, Path(max_length=40, pattern=domain.FIELD_KEY.pattern, examples=["city"])],
+    tenant: CurrentTenant,
+    book: Book,
 ) -> FieldDefinitionOut:
     return _definition_out(await book.retire_field(tenant.tenant_id, key))
 

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from waflow_common.events.contacts import ContactListRef, ContactSnapshot
 
-from waflow_contacts.domain import MAX_TAGS_PER_CONTACT, FieldType
+from waflow_contacts.domain import (
+    FIELD_KEY,
+    MAX_CHOICE_OPTIONS,
+    MAX_LIST_NAME_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS_PER_CONTACT,
+    FieldType,
+)
+
+# The limits the domain enforces, said in the schema too (the OpenAPI document is the contract). What JSON
+# Schema cannot say (a real numbering plan, Unicode case folding of tags) stays a 422 naming the field.
+# Not blank is said with ASCII whitespace only: regex engines disagree on which other characters are spaces.
+# Phones and tags are checked by the domain (which names the field and the reason in its 422); the schema says
+# the same limits without pydantic checking them first.
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+PHONE_PATTERN = r"^[0-9 +().\-/]+$"
+PHONE_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": 40, "pattern": PHONE_PATTERN}
+TAG_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": MAX_TAG_LENGTH}
+Tag = Annotated[str, Field(json_schema_extra=TAG_SCHEMA)]
+ContactIdIn = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class Body(BaseModel):
+    """A request body: unknown fields refused (field values are checked against their definitions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
 
 CONTACT_EXAMPLE: dict[str, Any] = {
     "contact_id": "c_4f1c2a9e8b7d6c5b4a392817",
@@ -40,7 +67,7 @@ def contact_out(snapshot: ContactSnapshot) -> Contact:
     return Contact.model_validate(snapshot.model_dump())
 
 
-class ContactCreate(BaseModel):
+class ContactCreate(Body):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -49,24 +76,28 @@ class ContactCreate(BaseModel):
             ]
         },
     )
-    phone: str = Field(max_length=40, description="international: +34 612…, 0034 612…, or Meta's bare digits")
-    name: str | None = Field(default=None, max_length=200)
+    phone: str = Field(
+        max_length=40,
+        json_schema_extra=PHONE_SCHEMA,
+        description="international: +34 612…, 0034 612…, or Meta's bare digits",
+    )
+    name: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     fields: dict[str, Any] = Field(default_factory=dict, description="dynamic field values by key")
-    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS_PER_CONTACT)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS_PER_CONTACT)
 
 
-class ContactUpdate(BaseModel):
+class ContactUpdate(Body):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"name": "María L. García", "fields": {"orders": 4, "city": None}}]},
     )
-    name: str | None = Field(default=None, max_length=200, description="null clears the agent-given name")
+    name: str | None = Field(default=None, max_length=MAX_NAME_LENGTH, description="null clears the agent-given name")
     fields: dict[str, Any] | None = Field(default=None, description="values to set; a null value clears that field")
 
 
-class TagsIn(BaseModel):
+class TagsIn(Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"tags": ["VIP", "needs callback"]}]})
-    tags: list[str] = Field(min_length=1, max_length=MAX_TAGS_PER_CONTACT)
+    tags: list[Tag] = Field(min_length=1, max_length=MAX_TAGS_PER_CONTACT)
 
 
 class ContactPage(BaseModel):
@@ -91,7 +122,7 @@ class TagCatalogue(BaseModel):
     items: list[TagCount]
 
 
-class FieldDefinitionIn(BaseModel):
+class FieldDefinitionIn(Body):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -101,13 +132,19 @@ class FieldDefinitionIn(BaseModel):
             ]
         },
     )
-    key: str = Field(max_length=40, description="lowercase letters, digits and _, starting with a letter")
-    label: str = Field(max_length=100)
+    key: str = Field(
+        max_length=40, pattern=FIELD_KEY.pattern, description="lowercase letters, digits and _, starting with a letter"
+    )
+    label: str = Field(min_length=1, max_length=100, pattern=NOT_BLANK)
     type: FieldType
-    options: list[str] = Field(default_factory=list, description="the allowed values of a choice field")
+    options: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_CHOICE_OPTIONS,
+        description="the allowed values of a choice field (only a choice field has options, and needs one)",
+    )
 
 
-class FieldDefinitionOut(FieldDefinitionIn):
+class FieldDefinitionOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -115,6 +152,10 @@ class FieldDefinitionOut(FieldDefinitionIn):
             ]
         }
     )
+    key: str
+    label: str
+    type: FieldType
+    options: list[str]
     retired: bool = Field(description="retired fields keep their stored values but take no new ones")
 
 
@@ -130,9 +171,9 @@ LIST_EXAMPLE: dict[str, Any] = {
 }
 
 
-class ListIn(BaseModel):
+class ListIn(Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Winter campaign"}]})
-    name: str = Field(max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_LIST_NAME_LENGTH, pattern=NOT_BLANK)
 
 
 class ListOut(BaseModel):
@@ -155,12 +196,12 @@ class ContactLists(BaseModel):
     items: list[ContactListRef]
 
 
-class MembersIn(BaseModel):
+class MembersIn(Body):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"contact_ids": ["c_4f1c2a9e8b7d6c5b4a392817", "c_0b1c2d3e4f5a6b7c8d9e0f1a"]}]},
     )
-    contact_ids: list[str] = Field(min_length=1, max_length=1000)
+    contact_ids: list[ContactIdIn] = Field(min_length=1, max_length=1000)
 
 
 class BulkResult(BaseModel):

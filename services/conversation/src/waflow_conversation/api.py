@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response, status
@@ -25,6 +24,7 @@ from waflow_conversation.schemas import (
     SEND_EXAMPLES,
     ChatOut,
     ChatPage,
+    Instant,
     MarkedAllRead,
     MessageOut,
     NewChat,
@@ -377,8 +377,8 @@ async def list_notes(
     chat_id: ChatId,
     text: Annotated[str | None, Query(min_length=1, max_length=200, description="contains, any case")] = None,
     author: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    since: Annotated[datetime | None, Query(description="at or after (ISO-8601 with offset)")] = None,
-    until: Annotated[datetime | None, Query(description="before (ISO-8601 with offset)")] = None,
+    since: Annotated[Instant | None, Query(description="at or after (RFC 3339, with an offset)")] = None,
+    until: Annotated[Instant | None, Query(description="before (RFC 3339, with an offset)")] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> NotePage:
@@ -395,6 +395,7 @@ async def list_notes(
 @router.get(
     "/chats/{chat_id}/notes/{note_id}",
     summary="One note",
+    description="Notes are append-only: PUT, PATCH and DELETE on a note answer 405 `notes_append_only`.",
     tags=["notes"],
     response_model=NoteOut,
     responses={404: ERROR_RESPONSES[404]},
@@ -426,6 +427,8 @@ async def refuse_note_change(tenant: CurrentTenant, chat_id: ChatId, note_id: No
     )
 
 
+# Served but left out of the document: these methods are not allowed on a note, so `Allow` (and the document)
+# list GET only; the routes are there to say why.
 for _method in ("PUT", "PATCH", "DELETE"):
     router.add_api_route(
         "/chats/{chat_id}/notes/{note_id}",
@@ -437,4 +440,5 @@ for _method in ("PUT", "PATCH", "DELETE"):
         status_code=405,
         response_class=JSONResponse,
         responses=APPEND_ONLY,
+        include_in_schema=False,
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
 from waflow_common.customers import e164_of
 from waflow_common.events.inbound import (
     ButtonContent,
@@ -28,10 +29,40 @@ from waflow_conversation.repository import Document
 WAMID = "wamid.HBgLMTU1NTc2NTQzMjEVAgASGBQzRUIwQzc2QjFBNDRFNDQzNTJGMQA="
 AT = "2026-01-01T10:32:05Z"
 
-Agent = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# "Not blank" is said with ASCII whitespace only: regex engines (the schema's readers, pydantic's) disagree on
+# which other characters are whitespace, and the schema must mean exactly what the server enforces.
+ASCII_SPACE = " \t\n\r\f\v"
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+
+
+def _strip(value: str) -> str:
+    return value.strip(ASCII_SPACE)
+
+
+# Required texts: at least one character that is not whitespace, bounded, stored stripped.
+Agent = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NOT_BLANK), AfterValidator(_strip)]
+NoteText = Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=NOT_BLANK), AfterValidator(_strip)]
+PHONE_PATTERN = r"^[0-9 +().\-]+$"
+RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    # The schema says format date-time (RFC 3339: with seconds and an offset); pydantic alone would also take
+    # "0.5" as a Unix time or a date without an offset.
+    if isinstance(value, str) and not RFC3339.match(value):
+        raise ValueError("an RFC 3339 date-time with an offset is expected, e.g. 2026-01-01T10:00:00Z")
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_rfc3339)]
+ID = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
 class Strict(BaseModel):
+    """A request body: unknown fields refused. Its booleans are StrictBool: `0` or `"yes"` is no boolean."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -158,9 +189,17 @@ class NewChat(Strict):
         json_schema_extra={"examples": [{"phone": "+1 555 765 4321", "opened_by": "agent:giulia"}]},
     )
 
-    phone: str = Field(min_length=3, max_length=40, description="international form, e.g. +15557654321")
+    # The pattern is the schema's; the domain checks the number itself and answers `invalid_phone`.
+    phone: str = Field(
+        min_length=3,
+        max_length=40,
+        json_schema_extra={"pattern": PHONE_PATTERN},
+        description="international form, e.g. +15557654321",
+    )
     phone_number_id: str | None = Field(
-        default=None, description="which of the tenant's WhatsApp numbers; the first one if omitted"
+        default=None,
+        pattern=r"^[0-9]{1,20}$",
+        description="which of the tenant's WhatsApp numbers; the first one if omitted",
     )
     opened_by: Agent = "api"
 
@@ -355,14 +394,14 @@ class NewNote(Strict):
         json_schema_extra={"examples": [{"author": "agent:giulia", "text": "Customer prefers a call after 6pm."}]},
     )
     author: Agent
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
+    text: NoteText
 
 
 class SendText(Strict):
     type: Literal["text"]
     body: str = Field(min_length=1, max_length=4096)
-    preview_url: bool = False
-    reply_to: str | None = Field(default=None, description="message_id in this chat to quote")
+    preview_url: StrictBool = False
+    reply_to: ID | None = Field(default=None, description="message_id in this chat to quote")
     requested_by: Agent = "api"
 
 
@@ -371,7 +410,7 @@ class SendTemplate(Strict):
     name: str = Field(min_length=1, max_length=512)
     language: str = Field(default="en", min_length=2, max_length=15)
     parameters: dict[str, str] | list[str] = Field(default_factory=dict)
-    reply_to: str | None = None
+    reply_to: ID | None = None
     requested_by: Agent = "api"
 
 

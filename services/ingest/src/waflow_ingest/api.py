@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 from waflow_common.events.envelope import Clock, derived_event_id
 from waflow_common.events.webhooks import WebhookReceived, WebhookReceivedEvent
-from waflow_common.http import CORRELATION_HEADER, ApiError, NotFound, ServiceUnavailable, Unauthorized, error_body
+from waflow_common.http import (
+    CORRELATION_HEADER,
+    ApiError,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    error_body,
+)
 from waflow_common.kafka import PublishError
 from waflow_common.logs import correlation_id_var
 from waflow_common.producer import RecordProducer, event_record

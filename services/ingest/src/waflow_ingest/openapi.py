@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from waflow_common.http import error_body
+from waflow_common.http import error_response
 
 from waflow_ingest.api import ACCEPTED_EXAMPLE, WEBHOOK_PREFIX, WebhookAccepted
 
-
-def _error_example(code: str, message: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"example": error_body(code, message)}}}
+# Any JSON is read: what is not a readable webhook is archived and dead-lettered in a 200 answer (see BadWebhook),
+# so the document promises no shape beyond JSON; only bytes that are not JSON answer 400.
+WEBHOOK_BODY_SCHEMA: dict[str, Any] = {"description": "Meta's webhook body, signed as sent"}
+SIGNATURE_EXAMPLE = "sha256=" + "4f1c" * 16
 
 
 def document_webhook(api: FastAPI) -> None:
@@ -40,7 +41,7 @@ def document_webhook(api: FastAPI) -> None:
                     "in": "path",
                     "required": True,
                     "description": "the Meta app id this callback URL belongs to",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
                     "example": "100200300400500",
                 },
                 {
@@ -48,15 +49,15 @@ def document_webhook(api: FastAPI) -> None:
                     "in": "header",
                     "required": True,
                     "description": "sha256=HMAC-SHA256 of the raw body with the app secret",
-                    "schema": {"type": "string"},
-                    "example": "sha256=4f1c…",
+                    "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+                    "example": SIGNATURE_EXAMPLE,
                 },
             ],
             "requestBody": {
                 "required": True,
                 "content": {
                     "application/json": {
-                        "schema": {"type": "object", "description": "Meta's webhook body, signed as sent"},
+                        "schema": WEBHOOK_BODY_SCHEMA,
                         "example": {"object": "whatsapp_business_account", "entry": []},
                     }
                 },
@@ -71,15 +72,15 @@ def document_webhook(api: FastAPI) -> None:
                         }
                     },
                 },
-                "400": _error_example(
+                "400": error_response(
+                    "the body is not JSON (JSON that is not a readable webhook is archived, dead-lettered, 200)",
                     "invalid_webhook",
                     "body is not JSON",
-                    "the body is not JSON (JSON that is not a readable webhook is archived, dead-lettered, 200)",
                 ),
-                "401": _error_example("bad_signature", "signature mismatch", "missing or wrong signature"),
-                "404": _error_example("not_found", "unknown app", "no such app"),
-                "413": _error_example("too_large", "body too large", "body over the size limit"),
-                "503": _error_example("unavailable", "Kafka unavailable", "Kafka did not acknowledge; retry"),
+                "401": error_response("missing or wrong signature", "bad_signature", "signature mismatch"),
+                "404": error_response("no such app", "not_found", "unknown app"),
+                "413": error_response("body over the size limit", "too_large", "body too large"),
+                "503": error_response("Kafka did not acknowledge; retry", "unavailable", "Kafka unavailable"),
             },
         }
         schema["paths"].setdefault(WEBHOOK_PREFIX + "{app_id}", {})["post"] = operation
