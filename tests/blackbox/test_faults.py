@@ -89,9 +89,24 @@ class Traffic:
     async def write_in(self, customer: Customer, text: str) -> None:
         """The customer writes; the simulator delivers in the background and retries like Meta does."""
         self.inbound.setdefault(customer.wa_id, []).append(text)
-        await self.stack.sim.customer_message(
-            customer.phone_number_id, customer.wa_id, text=text, name=f"Customer {customer.wa_id}", wait=False
-        )
+        # Our own wamid, so that a control call retried after a dropped connection is the same message (then
+        # delivered twice, as Meta's duplicates are, which the stack must absorb).
+        wamid = wamid_for(customer.wa_id)
+        for attempt in range(20):
+            try:
+                await self.stack.sim.customer_message(
+                    customer.phone_number_id,
+                    customer.wa_id,
+                    text=text,
+                    name=f"Customer {customer.wa_id}",
+                    wamid=wamid,
+                    wait=False,
+                )
+                return
+            except httpx.TransportError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def open_chats(self) -> None:
         """Each customer writes first (opening the 24-hour window); returns once every chat shows."""
@@ -372,10 +387,15 @@ async def test_database_server_stopped_under_load_skips_and_dead_letters_nothing
     assert await dead_letters(stack) == []
 
 
+def wamid_for(wa_id: str) -> str:
+    """A new message id shaped like Meta's."""
+    return "wamid." + base64.b64encode(f"{wa_id}:{uuid.uuid4().hex}".encode()).decode()
+
+
 def signed_message(customer: Customer, text: str) -> tuple[bytes, dict[str, str]]:
     """A customer's text message as Meta posts it, signed with the app's secret."""
     number = next(n for n in customer.tenant.numbers if n.phone_number_id == customer.phone_number_id)
-    wamid = "wamid." + base64.b64encode(f"{customer.wa_id}:{uuid.uuid4().hex}".encode()).decode()
+    wamid = wamid_for(customer.wa_id)
     envelope = {
         "object": "whatsapp_business_account",
         "entry": [
