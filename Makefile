@@ -76,3 +76,4 @@ bench: deps infra-install
 .PHONY: soak
 soak: deps infra-install
 	WAFLOW_SOAK=1 $(UV) run pytest -q -m soak --durations=15 tests/blackbox
+	WAFLOW_HOSTILE_EXAMPLES=200 WAFLOW_HOSTILE_SEED=$$RANDOM $(UV) run pytest -q tests/hostile
