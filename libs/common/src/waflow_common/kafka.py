@@ -48,7 +48,12 @@ def make_broker(settings: CommonSettings, *, client_id: str) -> KafkaBroker:
         settings.kafka_bootstrap_servers,
         client_id=client_id,
         acks="all",
-        enable_idempotence=True,
+        # Not idempotent, unlike RecordProducer: after a broker restart aiokafka's idempotent producer can be
+        # refused with OutOfOrderSequenceNumber for every later batch (the fault suite's Kafka stop left the
+        # outbox relays failing forever), and FastStream offers no way to renew its producer. aiokafka keeps one
+        # request in flight per partition, so order holds; a retried send may be stored twice, which every
+        # consumer absorbs (event_id de-duplication and idempotent effects, as for at-least-once delivery).
+        enable_idempotence=False,
         linger_ms=0,  # measured: any linger adds its full delay to every acknowledged send at our rates
         max_request_size=topics.MAX_MESSAGE_BYTES,  # dead letters can carry a large record
         request_timeout_ms=int(settings.kafka_publish_timeout_seconds * 1000),

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
@@ -86,6 +92,10 @@ class _Batch:
     waiters: list[_Waiter] = field(default_factory=list)
 
 
+# Errors after which the producer's idempotence state is unusable: only a new producer id sends again.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+
+
 class RecordProducer:
     """`send_all` returns once Kafka acknowledged every record given; callers waiting together share batches."""
 
@@ -98,10 +108,10 @@ class RecordProducer:
         self._queue: list[tuple[Sequence[Record], _Waiter]] = []
         self._wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._broken = False
 
-    async def start(self) -> None:
-        # aiokafka binds its producer to the running loop, so it is made here rather than in __init__.
-        self._producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self._settings.kafka_bootstrap_servers,
             client_id=self._client_id,
             acks="all",
@@ -111,9 +121,14 @@ class RecordProducer:
             max_batch_size=BATCH_BYTES,
             max_request_size=topics.MAX_MESSAGE_BYTES,
         )
+
+    async def start(self) -> None:
+        # aiokafka binds its producer to the running loop, so it is made here rather than in __init__.
+        self._producer = self._new_producer()
         await self._producer.start()
+        self._broken = False
         self._wakeup = asyncio.Event()
-        self._flusher = asyncio.create_task(self._flush_forever(self._producer), name="record-producer")
+        self._flusher = asyncio.create_task(self._flush_forever(), name="record-producer")
 
     async def stop(self) -> None:
         if self._flusher is not None:
@@ -146,13 +161,16 @@ class RecordProducer:
         finally:
             timer.cancel()
 
-    async def _flush_forever(self, producer: AIOKafkaProducer) -> None:
+    async def _flush_forever(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             queue, self._queue = self._queue, []
             try:
-                await self._flush(producer, queue)
+                if self._broken:
+                    await self._renew()
+                assert self._producer is not None
+                await self._flush(self._producer, queue)
             except Exception as exc:  # metadata unavailable, producer failed: these callers get a 503
                 log.warning("records not handed to Kafka", extra={"error": repr(exc)})
                 self._fail(queue, PublishError(f"records not handed to Kafka: {exc!r}"))
@@ -184,7 +202,30 @@ class RecordProducer:
         for batch in [*full, *open_batches.values()]:
             batch.builder.close()
             delivered = await producer.send_batch(batch.builder, batch.topic, partition=batch.partition)
-            delivered.add_done_callback(lambda f, waiters=batch.waiters: _delivered(f, waiters))
+            delivered.add_done_callback(lambda f, waiters=batch.waiters: self._delivered(f, waiters))
+
+    async def _renew(self) -> None:
+        """A new idempotent producer (a new producer id) in place of one whose sequence numbers the broker refuses.
+
+        After a broker restart an idempotent producer can get OutOfOrderSequenceNumber for every batch it sends
+        from then on (seen in the fault suite: a stopped Kafka left ingest answering 503 forever). The broker takes
+        a new producer id's batches from sequence 0, so a fresh producer sends again; at-least-once callers retry
+        what failed, and their consumers are idempotent.
+        """
+        old, self._producer = self._producer, self._new_producer()
+        await self._producer.start()
+        self._broken = False
+        log.warning("Kafka refused the producer's sequence numbers; a new producer took its place")
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), timeout=self._timeout)
+
+    def _delivered(self, future: asyncio.Future[Any], waiters: list[_Waiter]) -> None:
+        error = future.exception() if not future.cancelled() else None
+        if isinstance(error, PRODUCER_STATE_ERRORS):
+            self._broken = True
+            self._wakeup.set()
+        _delivered(future, waiters)
 
     @staticmethod
     def _fail(queue: list[tuple[Sequence[Record], _Waiter]], exc: BaseException) -> None:
