@@ -16,7 +16,6 @@ from waflow_common.admin import Admin, main
 from waflow_common.events.conversation import NoteAdded, NoteAddedEvent, conversation_adapter
 from waflow_common.events.envelope import Envelope
 from waflow_common.kafka import Consumer, EventPublisher, make_broker
-from waflow_common.locks import KeyedLocks
 from waflow_common.mongo import make_mongo_client, service_database
 from waflow_common.outbox import OutboxRelay, outbox_entry
 from waflow_common.secrets import SecretBox
@@ -243,7 +242,7 @@ async def test_outbox_publishes_parked_events_once_and_clears_them(
         )
         return doc_id, event
 
-    relay = OutboxRelay({"chats": chats}, publisher, KeyedLocks())
+    relay = OutboxRelay({"chats": chats}, publisher)
     notified_id, notified = await park("notified")
     orphan_id, orphan = await park("left by a process that died before notifying")
     ids = {str(notified.event_id), str(orphan.event_id)}
@@ -252,7 +251,7 @@ async def test_outbox_publishes_parked_events_once_and_clears_them(
         assert await relay.drain() == 1
         relay.notify("chats", notified_id)
         assert await relay.drain() == 0  # already cleared: nothing is published twice
-        assert await relay.scan() == 1  # the orphan is found by the scan
+        assert await relay.scan(older_than=0) == 1  # the orphan is found by the scan
         assert await relay.drain() == 1
         records = await reader.read_records(3, timeout=2.0, where=lambda v: v["event_id"] in ids)
     assert sorted(r.value["event_id"] for r in records) == sorted(ids)

@@ -18,7 +18,6 @@ def make_mongo_client(settings: CommonSettings) -> AsyncMongoClient[Document]:
         tz_aware=True,
         serverSelectionTimeoutMS=5000,
         connectTimeoutMS=5000,
-        retryWrites=False,  # FerretDB has no retryable writes; our writes are idempotent anyway
         appname="waflow",
     )
 

@@ -33,14 +33,20 @@ class TopicSpec:
         return configs
 
 
-# Chat-keyed topics get 6 partitions so consumers can scale out; the registry topic is small and compacted.
+# Chat-keyed topics get 24 partitions: a consumer group spreads partitions over its instances, so instances
+# beyond the partition count sit idle ("instances per group <= partitions"). 24 divides evenly among 1, 2, 3, 4,
+# 6, 8, 12 and 24 instances, and a topic's partitions can be raised later but never lowered (raising one moves
+# keys to other partitions, so per-chat order is only kept if that is done while its consumers are drained).
+# The registry topic is small, compacted and read whole by every instance.
+CHAT_PARTITIONS = 24
+
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(WEBHOOKS, 6, max_message_bytes=MAX_MESSAGE_BYTES),
-    TopicSpec(INBOUND, 6, max_message_bytes=MAX_MESSAGE_BYTES),
-    TopicSpec(CONTACTS, 6, compacted=True),
-    TopicSpec(OUTBOUND_COMMANDS, 6),
-    TopicSpec(OUTBOUND_RESULTS, 6),
-    TopicSpec(CONVERSATION, 6),
+    TopicSpec(WEBHOOKS, CHAT_PARTITIONS, max_message_bytes=MAX_MESSAGE_BYTES),
+    TopicSpec(INBOUND, CHAT_PARTITIONS, max_message_bytes=MAX_MESSAGE_BYTES),
+    TopicSpec(CONTACTS, CHAT_PARTITIONS, compacted=True),
+    TopicSpec(OUTBOUND_COMMANDS, CHAT_PARTITIONS),
+    TopicSpec(OUTBOUND_RESULTS, CHAT_PARTITIONS),
+    TopicSpec(CONVERSATION, CHAT_PARTITIONS),
     TopicSpec(TENANTS, 1, compacted=True),
 )
 
@@ -50,7 +56,7 @@ CONSUMED = (INBOUND, CONTACTS, OUTBOUND_COMMANDS, OUTBOUND_RESULTS, CONVERSATION
 
 def all_topics() -> tuple[TopicSpec, ...]:
     dlqs = tuple(
-        TopicSpec(name + DLQ_SUFFIX, 6 if name != TENANTS else 1, max_message_bytes=MAX_MESSAGE_BYTES)
+        TopicSpec(name + DLQ_SUFFIX, CHAT_PARTITIONS if name != TENANTS else 1, max_message_bytes=MAX_MESSAGE_BYTES)
         for name in CONSUMED
     )
     return TOPICS + dlqs
