@@ -10,7 +10,7 @@ PACKAGES := -p waflow_common -p waflow_testing -p waflow_ingest -p waflow_conver
 
 .PHONY: help
 help:
-	@echo "make run    install what is missing, start Kafka, FerretDB, the simulator and all services"
+	@echo "make run    install what is missing, start Kafka, the database server (SecantusDB), the simulator and all services"
 	@echo "make test   lint, types, import rules, unit, integration and end-to-end tests"
 	@echo "make down   stop everything 'make run' started;  make wipe  also delete local data"
 	@echo "make bench  every benchmark in a short form, then one table of figures (never fails on a figure)"
@@ -24,13 +24,13 @@ uv:
 deps: uv
 	@$(UV) sync --frozen --quiet 2>/dev/null || $(UV) sync --quiet
 
-# Java (Kafka's jars), Maven (to fetch them) and Go (to build FerretDB) come from Debian when missing.
+# Java (Kafka's jars) and Maven (to fetch them) come from Debian when missing. The database server is built by
+# cargo when a Rust toolchain is there, else installed from PyPI (deploy/local/infra.sh).
 .PHONY: toolchains
 toolchains:
 	@missing=""; \
 	command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
-	command -v go >/dev/null 2>&1 || missing="$$missing golang-go"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \

@@ -4,7 +4,7 @@
 
 Each benchmark runs as its own process with the arguments below (`--long`: their own defaults, the sizes their
 READMEs report), against the Kafka and MongoDB-protocol server of KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI when
-both are set, otherwise a Kafka and a FerretDB this run starts on free ports and wipes afterwards. Their output is
+both are set, otherwise a Kafka and a database server it starts on free ports and wipes afterwards. Their output is
 shown as it comes; the table at the end lists every figure they reported (bench.figures), its target, the result,
 and the machine. A benchmark that fails shows as failed in the table: benchmarks never fail a build.
 """

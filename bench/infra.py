@@ -1,4 +1,4 @@
-"""What the benchmarks share: a namespace of their own, and Kafka/FerretDB (given by env, or started here)."""
+"""What the benchmarks share: a namespace of their own, and Kafka and the database server (given or started here)."""
 
 from __future__ import annotations
 

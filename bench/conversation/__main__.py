@@ -4,7 +4,7 @@ message visible in the chat API, is any lost or duplicated, and how fast does th
     uv run python -m bench.conversation [--rate 500] [--duration 60] [--warmup 20] [--customers 200] [--concurrency 16]
 
 Runs the simulator, ingest and conversation as separate processes (uvicorn each). Uses KAFKA_BOOTSTRAP_SERVERS
-and MONGODB_URI when both are set, else starts a Kafka and a FerretDB of its own (deploy/local/infra.sh).
+and MONGODB_URI when both are set, else starts a Kafka and a database server of its own (deploy/local/infra.sh).
 
 Open loop: message i is due at start + i/rate; its latency runs from when it was due (so a slow pipeline cannot
 hide queueing) to when the chat API first shows it. Visibility is read from the chat list every --poll-ms: the

@@ -2,8 +2,8 @@
 
     uv run python -m bench.mongo_server [--documents 40000] [--rounds 100]
 
-Starts a FerretDB of its own (deploy/local/infra.sh, with waflow's fixes) unless MONGODB_URI is set, and prints:
-- a chat update: what one `UpdateOne` costs inside a bulk of 20, in wall time and, for its own FerretDB, in the
+Starts the local database server of its own (deploy/local/infra.sh) unless MONGODB_URI is set, and prints:
+- a chat update: what one `UpdateOne` costs inside a bulk of 20, in wall time and, for its own server, in the
   server's CPU (from /proc), for 200 chat documents shaped like conversation's;
 - a timeline page: a find of 50 `_id`s with `$in` among --documents message documents;
 - storing messages: `insert_many` of 200 messages.
@@ -33,16 +33,16 @@ from bench.infra import INFRA, REPO, free_port
 
 @contextmanager
 def mongo_server() -> Iterator[tuple[str, Path | None]]:
-    """(URI, pid file of our own FerretDB or None)."""
+    """(URI, pid file of our own server or None)."""
     if "MONGODB_URI" in os.environ:
         yield os.environ["MONGODB_URI"], None
         return
     data = REPO / ".data" / "bench-mongo-server"
     env = dict(os.environ) | {"WAFLOW_DATA": str(data), "MONGO_PORT": str(free_port())}
     subprocess.run(["bash", str(INFRA), "wipe"], env=env, check=True)
-    subprocess.run(["bash", str(INFRA), "start", "ferretdb"], env=env, check=True)
+    subprocess.run(["bash", str(INFRA), "start", "mongo"], env=env, check=True)
     try:
-        yield f"mongodb://127.0.0.1:{env['MONGO_PORT']}", data / "ferretdb.pid"
+        yield f"mongodb://127.0.0.1:{env['MONGO_PORT']}", data / "mongo.pid"
     finally:
         subprocess.run(["bash", str(INFRA), "wipe"], env=env, check=False)
 

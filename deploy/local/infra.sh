@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Installs, starts, stops and wipes waflow's local infrastructure: Apache Kafka (KRaft, single node) from Maven
-# Central jars, and FerretDB (MongoDB wire protocol over SQLite) built from the Go module proxy.
+# Central jars, and SecantusDB, a MongoDB-protocol server over WiredTiger (MongoDB's storage engine) that honours
+# MongoDB's single-document atomicity, unique and secondary indexes, TTL indexes and transactions (tests/conformance
+# proves it on every run). Production runs MongoDB 7+ as a replica set; SecantusDB (GPL-2.0, beta) only ever runs
+# as a separate process for development and tests.
 #
-#   infra.sh install            fetch Kafka jars and build FerretDB (cached; repeated calls are cheap)
-#   infra.sh start [kafka|ferretdb]   start and wait until ready
-#   infra.sh stop  [kafka|ferretdb]
+#   infra.sh install            fetch Kafka jars and install the database server (cached; repeated calls are cheap)
+#   infra.sh start [kafka|mongo]   start and wait until ready
+#   infra.sh stop  [kafka|mongo]
 #   infra.sh wipe               stop and delete the data folders
 #   infra.sh status
 #
+# The database server: secantusd-rs (Rust, built once by cargo from crates.io, about 5 minutes on 2 idle cores)
+# when a Rust toolchain can build it, else secantusd-py (PyPI's manylinux wheel, nothing to build; about a fifth
+# of the speed). WAFLOW_MONGO_SERVER=rs|py forces one. The start prints which one runs.
+#
 # Environment: WAFLOW_CACHE (jars and binaries, default ~/.cache/waflow), WAFLOW_DATA (default <repo>/.data/local),
-# KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), MONGO_PORT (27017), KAFKA_HEAP (512m).
+# KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), MONGO_PORT (27017), KAFKA_HEAP (512m), MONGO_CACHE (1G).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,13 +27,17 @@ kafka_port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
 mongo_port="${MONGO_PORT:-27017}"
 kafka_heap="${KAFKA_HEAP:-512m}"
+mongo_cache="${MONGO_CACHE:-1G}"
+mongo_choice="${WAFLOW_MONGO_SERVER:-auto}"
 
 pom="$here/kafka/pom.xml"
 pom_hash="$(sha256sum "$pom" | cut -c1-12)"
 kafka_libs="$cache/kafka-$pom_hash/libs"
-fdb_src="$here/ferretdb"
-fdb_hash="$(cat "$fdb_src/go.mod" "$fdb_src/main.go" "$fdb_src/patch.sh" | sha256sum | cut -c1-12)"
-fdb_bin="$cache/ferretdb-$fdb_hash/ferretdb"
+secantus_rs_version="0.5.3-beta.196"
+secantus_py_version="0.7.0b3"
+secantus_rs="$cache/secantus-rs-$secantus_rs_version/secantusd-rs"
+secantus_py_env="$cache/secantus-py-$secantus_py_version"
+secantus_py="$secantus_py_env/bin/secantusd-py"
 
 log() { printf '[infra] %s\n' "$*" >&2; }
 
@@ -44,19 +55,42 @@ install_kafka() {
   touch "$kafka_libs/.complete"
 }
 
-install_ferretdb() {
-  if [ -x "$fdb_bin" ]; then return; fi
-  need go "install Go 1.24+ (Debian: apt-get install -y golang, or the official toolchain)"
-  log "building FerretDB from the Go module proxy, with waflow's fixes (see patch.sh; a few minutes the first time)"
-  local work
-  work="$(dirname "$fdb_bin")"
-  rm -rf "$work/build" && mkdir -p "$work/build"
-  # FerretDB's source with our fix applied (see patch.sh), built through our embedding module.
-  bash "$fdb_src/patch.sh" "$work/src"
-  cp "$fdb_src/go.mod" "$fdb_src/go.sum" "$fdb_src/main.go" "$work/build/"
-  (cd "$work/build" && go mod edit -replace "github.com/FerretDB/FerretDB=$work/src" &&
-    GOFLAGS=-mod=mod go build -o "$fdb_bin.tmp" . && mv "$fdb_bin.tmp" "$fdb_bin")
-  rm -rf "$work/build" "$work/src"
+# secantusd-rs from crates.io. The crate declares Rust 1.98; it builds and passes tests/conformance with 1.95.
+build_secantus_rs() {
+  command -v cargo >/dev/null 2>&1 || return 1
+  log "building secantusd-rs $secantus_rs_version from crates.io (once; about 5 minutes on 2 idle cores)"
+  local root="$cache/secantus-rs-$secantus_rs_version"
+  mkdir -p "$root"
+  CARGO_TARGET_DIR="$cache/cargo-target" cargo install --quiet "secantus-mdb@$secantus_rs_version" \
+    --ignore-rust-version --root "$root/install" >"$root/build.log" 2>&1 || {
+    tail -5 "$root/build.log" >&2; return 1; }
+  mv "$root/install/bin/secantusd-rs" "$secantus_rs"
+  rm -rf "$root/install" "$cache/cargo-target"
+}
+
+# secantusd-py from PyPI, in an environment of its own (it is a tool beside the project, not one of its packages).
+install_secantus_py() {
+  if [ -x "$secantus_py" ]; then return; fi
+  need uv "install uv (make installs it: make deps)"
+  log "installing secantusd-py $secantus_py_version from PyPI"
+  rm -rf "$secantus_py_env"
+  uv venv --quiet --python 3.11 "$secantus_py_env" >/dev/null
+  VIRTUAL_ENV="$secantus_py_env" uv pip install --quiet "secantusdb==$secantus_py_version"
+}
+
+# Prints the server to run: rs or py.
+install_mongo() {
+  case "$mongo_choice" in
+    rs) [ -x "$secantus_rs" ] || build_secantus_rs || { log "secantusd-rs could not be built"; exit 1; }
+        echo rs ;;
+    py) install_secantus_py; echo py ;;
+    auto)
+      if [ -x "$secantus_rs" ] || build_secantus_rs; then echo rs; else
+        log "no Rust toolchain could build secantusd-rs; using secantusd-py"
+        install_secantus_py; echo py
+      fi ;;
+    *) log "WAFLOW_MONGO_SERVER must be rs, py or auto"; exit 2 ;;
+  esac
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -107,22 +141,29 @@ PROPS
   tail -20 "$data/kafka.log" >&2; log "kafka did not become ready"; exit 1
 }
 
-start_ferretdb() {
-  install_ferretdb
-  local pidf="$data/ferretdb.pid"
-  if pid_alive "$pidf"; then log "ferretdb already running on $mongo_port"; return; fi
+start_mongo() {
+  local server pidf="$data/mongo.pid"
+  server="$(install_mongo)"
+  if pid_alive "$pidf"; then log "database server already running on $mongo_port"; return; fi
   if port_open "$mongo_port"; then log "port $mongo_port is taken by another process"; exit 1; fi
-  mkdir -p "$data/ferretdb"
-  log "starting ferretdb on 127.0.0.1:$mongo_port"
-  nohup "$fdb_bin" --listen-addr "127.0.0.1:$mongo_port" --data-dir "$data/ferretdb" \
-    ${FERRETDB_DEBUG_ADDR:+--debug-addr "$FERRETDB_DEBUG_ADDR"} >"$data/ferretdb.log" 2>&1 &
+  mkdir -p "$data/mongo"
+  if [ "$server" = rs ]; then
+    log "starting secantusd-rs $secantus_rs_version on 127.0.0.1:$mongo_port"
+    nohup "$secantus_rs" --host 127.0.0.1 --port "$mongo_port" --storage-path "$data/mongo" \
+      --cache-size "$mongo_cache" >"$data/mongo.log" 2>&1 &
+  else
+    log "starting secantusd-py $secantus_py_version on 127.0.0.1:$mongo_port"
+    nohup "$secantus_py" --host 127.0.0.1 --port "$mongo_port" --storage-path "$data/mongo" \
+      --cache-size "$mongo_cache" --log-level WARNING >"$data/mongo.log" 2>&1 &
+  fi
   echo $! >"$pidf"
-  for _ in $(seq 1 100); do
-    if port_open "$mongo_port"; then log "ferretdb ready"; return; fi
-    pid_alive "$pidf" || { tail -20 "$data/ferretdb.log" >&2; log "ferretdb exited"; exit 1; }
+  echo "$server" >"$data/mongo.server"
+  for _ in $(seq 1 150); do
+    if port_open "$mongo_port"; then log "database server ready"; return; fi
+    pid_alive "$pidf" || { tail -20 "$data/mongo.log" >&2; log "database server exited"; exit 1; }
     sleep 0.2
   done
-  log "ferretdb did not become ready"; exit 1
+  log "database server did not become ready"; exit 1
 }
 
 stop_one() {
@@ -139,15 +180,15 @@ stop_one() {
 
 what="${2:-all}"
 case "${1:-}" in
-  install) install_kafka; install_ferretdb ;;
+  install) install_kafka; install_mongo >/dev/null ;;
   start)
-    case "$what" in kafka) start_kafka ;; ferretdb) start_ferretdb ;; all) start_kafka; start_ferretdb ;; esac ;;
+    case "$what" in kafka) start_kafka ;; mongo) start_mongo ;; all) start_kafka; start_mongo ;; esac ;;
   stop)
-    case "$what" in kafka) stop_one kafka ;; ferretdb) stop_one ferretdb ;; all) stop_one kafka; stop_one ferretdb ;; esac ;;
-  wipe) stop_one kafka; stop_one ferretdb; rm -rf "$data"; log "wiped $data" ;;
+    case "$what" in kafka) stop_one kafka ;; mongo) stop_one mongo ;; all) stop_one kafka; stop_one mongo ;; esac ;;
+  wipe) stop_one kafka; stop_one mongo; rm -rf "$data"; log "wiped $data" ;;
   status)
-    for s in kafka ferretdb; do
+    for s in kafka mongo; do
       if pid_alive "$data/$s.pid"; then echo "$s: running (pid $(cat "$data/$s.pid"))"; else echo "$s: stopped"; fi
     done ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

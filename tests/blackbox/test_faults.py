@@ -327,7 +327,7 @@ async def test_a_process_killed_mid_stream_loses_and_duplicates_nothing(
 def needs_own_servers(infra: Infra) -> None:
     if infra.local_data_dir is None:
         pytest.skip(
-            "stops a server: runs only when this test run started its own Kafka and FerretDB (no "
+            "stops a server: runs only when this test run started its own Kafka and database server (no "
             "WAFLOW_TEST_KAFKA_BOOTSTRAP/WAFLOW_TEST_MONGODB_URI and no Docker); shared servers are never stopped"
         )
 
@@ -377,9 +377,9 @@ async def test_database_server_stopped_under_load_skips_and_dead_letters_nothing
 
     async def database_outage() -> None:
         await busy(stack, "outbound")  # sends in progress when the server goes: they must neither stall nor fail
-        await asyncio.to_thread(local_infra, "stop", "ferretdb", infra)
+        await asyncio.to_thread(local_infra, "stop", "mongo", infra)
         await asyncio.sleep(15)
-        await asyncio.to_thread(local_infra, "start", "ferretdb", infra)
+        await asyncio.to_thread(local_infra, "start", "mongo", infra)
 
     outbound = size // 4
     await traffic.stream(size - len(traffic.customers) - outbound, outbound, database_outage, at=0.2)

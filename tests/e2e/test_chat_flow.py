@@ -1,4 +1,4 @@
-"""The agent's chat end to end on real Kafka and FerretDB: a customer writes through the WhatsApp simulator,
+"""The agent's chat end to end on real Kafka and the database server: a customer writes through the WhatsApp simulator,
 ingest publishes, conversation shows the chat (with the contact's tags and the window open); the agent answers,
 outbound sends it to the simulator, whose statuses come back until read; after the window (conversation's clock
 is injected) free-form is refused and a template goes through. Meta's samples, delivered twice, make one

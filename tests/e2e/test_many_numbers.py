@@ -1,4 +1,4 @@
-"""A tenant with two business numbers under two WABAs, end to end on real Kafka and FerretDB with the WhatsApp
+"""A tenant with two business numbers under two WABAs, end to end on real Kafka and the database server, the WhatsApp
 simulator over HTTP: a customer who writes to both numbers has one chat per number, an agent's reply leaves from
 its chat's number, each number keeps its own pace, a backlog on one never holding up the other, and a deleted
 contact gets nothing from either number, read receipts included.

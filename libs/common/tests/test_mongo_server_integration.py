@@ -1,8 +1,7 @@
 """What the services rely on from the MongoDB-protocol server, checked against the real one.
 
-Locally that is FerretDB with waflow's fixes (deploy/local/ferretdb/patch.sh): a find of `{_id: {$in: [...]}}`
-reads only those rows, which must not change which documents it answers with, and an update command reports
-each upsert at its statement's position.
+A find of `{_id: {$in: [...]}}` answers exactly the listed documents, and an update command reports each upsert
+at its statement's position. (MongoDB's guarantees under concurrency are in tests/conformance.)
 """
 
 from __future__ import annotations
