@@ -52,7 +52,7 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
     mongo = make_mongo_client(settings)
     collections = Collections(service_database(mongo, settings, DATABASE))
-    relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings), collections.locks)
+    relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings), name="conversation")
     index = TimelineIndex()
     chats = ChatRepository(collections, clock, relay.notify, _numbers(registry))
     messages = MessageRepository(collections, chats, clock, relay.notify, index)
