@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
+SCALE ?= 1
 INFRA := deploy/local/infra.sh
 PACKAGES := -p waflow_common -p waflow_testing -p waflow_ingest -p waflow_conversation -p waflow_contacts \
             -p waflow_outbound -p waflow_simulator
@@ -11,6 +12,7 @@ PACKAGES := -p waflow_common -p waflow_testing -p waflow_ingest -p waflow_conver
 .PHONY: help
 help:
 	@echo "make run    install what is missing, start Kafka, the database server (SecantusDB), the simulator and all services"
+	@echo "            (SCALE=N: N processes of each service, each on its own port)"
 	@echo "make test   lint, types, import rules, unit, integration and end-to-end tests"
 	@echo "make down   stop everything 'make run' started;  make wipe  also delete local data"
 	@echo "make bench  every benchmark in a short form, then one table of figures (never fails on a figure)"
@@ -44,7 +46,7 @@ infra-install: toolchains
 .PHONY: run
 run: deps infra-install
 	@bash $(INFRA) start
-	@$(UV) run python deploy/local/stack.py up
+	@WAFLOW_SCALE=$(SCALE) $(UV) run python deploy/local/stack.py up
 
 .PHONY: lint
 lint: deps
