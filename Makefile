@@ -17,6 +17,7 @@ help:
 	@echo "make down   stop everything 'make run' started;  make wipe  also delete local data"
 	@echo "make bench  every benchmark in a short form, then one table of figures (never fails on a figure)"
 	@echo "make soak   the long forms of the fault suite (10,000-message streams; tens of minutes)"
+	@echo "make schemas  write each event's JSON Schema to docs/events (tests compare the models with them)"
 
 .PHONY: uv
 uv:
@@ -53,7 +54,7 @@ lint: deps
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy $(PACKAGES)
-	$(UV) run mypy bench deploy/local/stack.py
+	$(UV) run mypy bench deploy/local/stack.py examples
 	$(UV) run lint-imports
 
 .PHONY: test
@@ -75,6 +76,10 @@ bench: deps infra-install
 
 # The long forms of tests/blackbox (marked soak). Servers: WAFLOW_TEST_* if set, else local ones this run starts
 # (then the tests that stop Kafka and the database server run too).
+.PHONY: schemas
+schemas: deps
+	$(UV) run python -m waflow_common.events.schemas docs/events
+
 .PHONY: soak
 soak: deps infra-install
 	WAFLOW_SOAK=1 $(UV) run pytest -q -m soak --durations=15 tests/blackbox

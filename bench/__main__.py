@@ -37,7 +37,6 @@ BENCHMARKS = (
         "bench.conversation",
         ("--rate", "200", "--duration", "15", "--warmup", "5", "--customers", "50", "--settle", "30"),
     ),
-    Benchmark("chat_index", "bench.conversation.chat_index", ("--chats", "20000")),
     Benchmark("mongo_server", "bench.mongo_server", ("--documents", "5000", "--rounds", "20")),
     Benchmark(
         "contacts",
@@ -45,6 +44,15 @@ BENCHMARKS = (
         ("--contacts", "10000", "--other-tenants", "3", "--other-size", "200", "--queries", "50", "--inbound", "500"),
     ),
     Benchmark("outbound", "bench.outbound.run", ("--requests", "2000", "--timeout", "180")),
+    Benchmark(
+        "scale",
+        "bench.scale",
+        (
+            *("--rate", "100", "--steps", "3", "--duration", "8", "--warmup", "5", "--customers", "50"),
+            *("--settle", "10", "--drain", "60", "--bare-duration", "5", "--rss-messages", "500"),
+            *("--pages", "20", "--timelines", "20"),
+        ),
+    ),
 )
 
 

@@ -13,6 +13,8 @@ import yaml
 from waflow_testing.fixtures import REPO
 
 PORTS = {"ingest": 8001, "conversation": 8002, "contacts": 8003, "outbound": 8004, "simulator": 8090}
+# `docker compose up --scale NAME=N` needs these without a fixed host port.
+SCALED = ("ingest", "conversation", "contacts", "outbound")
 
 
 def compose() -> dict[str, Any]:
@@ -37,8 +39,25 @@ def test_compose_runs_every_process_on_its_contract_port() -> None:
     assert services["kafka"]["image"].startswith("apache/kafka:4")
     assert services["mongodb"]["image"].startswith("mongo:")
     for name, port in PORTS.items():
-        assert services[name]["ports"] == [f"{port}:{port}"]
+        assert services[name]["ports"] == ([f"{port}"] if name in SCALED else [f"{port}:{port}"]), name
         assert services[name]["command"] == [f"waflow-{name}"]
+
+
+def test_scaled_services_publish_no_fixed_host_port() -> None:
+    services = compose()["services"]
+    for name in SCALED:
+        for mapping in services[name].get("ports", []):
+            assert ":" not in str(mapping), f"{name} publishes {mapping}: --scale would clash on the host port"
+        assert "container_name" not in services[name]
+
+
+def test_mongodb_runs_as_an_initiated_replica_set() -> None:
+    mongodb = compose()["services"]["mongodb"]
+    assert mongodb["image"] == "mongo:7"
+    assert mongodb["command"][:2] == ["--replSet", "rs0"]
+    check = " ".join(mongodb["healthcheck"]["test"])
+    assert "rs.initiate" in check
+    assert "isWritablePrimary" in check
 
 
 def test_compose_commands_exist_as_console_scripts() -> None:
@@ -54,7 +73,7 @@ def test_services_get_the_contract_configuration() -> None:
     for name in ("ingest", "conversation", "contacts", "outbound"):
         env = services[name]["environment"]
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-        assert env["MONGODB_URI"] == "mongodb://mongodb:27017"
+        assert env["MONGODB_URI"] == "mongodb://mongodb:27017/?replicaSet=rs0"
         assert "WAFLOW_SECRETS_KEY" in env
         assert env[f"{name.upper()}_PORT"] == str(PORTS[name])
 

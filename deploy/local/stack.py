@@ -1,8 +1,12 @@
 """Brings the local waflow stack up or down: topics, the dev app and tenant, the simulator and the four services.
 
-python deploy/local/stack.py up      (after deploy/local/infra.sh start: Kafka and FerretDB)
+python deploy/local/stack.py up      (after deploy/local/infra.sh start: Kafka and the database server)
 python deploy/local/stack.py down
 python deploy/local/stack.py status
+
+WAFLOW_SCALE=N (`make run SCALE=N`) starts N processes of each service (the simulator stays one): instance i > 1
+is named `<service>-<i>` and listens on the service's port + 100·(i-1). Instances of a service share its consumer
+group, so Kafka splits the partitions between them; any of them answers any tenant's REST call.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from waflow_common import processes
@@ -25,6 +30,42 @@ from waflow_simulator.client import SimulatorClient
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("WAFLOW_DATA", REPO / ".data" / "local"))
 DEV = REPO / "deploy" / "dev"
+SCALED = ("ingest", "conversation", "contacts", "outbound")
+
+
+@dataclass(frozen=True)
+class Instance:
+    spec: processes.ProcessSpec
+    index: int  # 1-based
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.index == 1 else f"{self.spec.name}-{self.index}"
+
+    def port(self) -> int:
+        return self.spec.port() + 100 * (self.index - 1)
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        return env | {self.spec.port_variable: str(self.port())}
+
+
+def scale() -> int:
+    value = os.environ.get("WAFLOW_SCALE", "1")
+    if not value.isdigit() or not 1 <= int(value) <= 20:
+        sys.exit(f"WAFLOW_SCALE must be a whole number from 1 to 20, not {value!r}")
+    return int(value)
+
+
+def instances(count: int | None = None) -> list[Instance]:
+    """Every process of the stack; `down` and `status` look at as many as a pid file exists for."""
+    count = scale() if count is None else count
+    return [
+        Instance(spec, index) for spec in PROCESSES for index in range(1, (count if spec.name in SCALED else 1) + 1)
+    ]
+
+
+def running_instances() -> list[Instance]:
+    return [i for i in instances(20) if i.index == 1 or (DATA / f"{i.name}.pid").exists()]
 
 
 def secrets_key() -> str:
@@ -56,29 +97,37 @@ def pid_of(name: str) -> int | None:
 
 
 def start_processes(env: dict[str, str]) -> None:
-    for spec in PROCESSES:
-        if pid_of(spec.name) is not None:
+    for instance in instances():
+        if pid_of(instance.name) is not None:
             continue
         try:
-            process = processes.spawn(spec, env, DATA / "logs" / f"{spec.name}.log")
+            process = processes.spawn(instance.spec, instance.env(env), DATA / "logs" / f"{instance.name}.log")
         except FileNotFoundError as exc:
             print(f"  ! {exc}")
             continue
-        (DATA / f"{spec.name}.pid").write_text(str(process.pid))
+        (DATA / f"{instance.name}.pid").write_text(str(process.pid))
 
 
 def wait_healthy(timeout: float = 90.0) -> dict[str, bool]:
     deadline = time.monotonic() + timeout
-    status = {spec.name: False for spec in PROCESSES}
+    status = {instance.name: False for instance in instances()}
     while time.monotonic() < deadline and not all(status.values()):
-        for spec in PROCESSES:
-            if status[spec.name]:
+        for instance in instances():
+            if status[instance.name]:
                 continue
-            status[spec.name] = processes.answers(spec.port())
-            if not status[spec.name] and pid_of(spec.name) is None:
+            status[instance.name] = processes.answers(instance.port())
+            if not status[instance.name] and pid_of(instance.name) is None:
                 break
         time.sleep(0.3)
     return status
+
+
+def database_server() -> str:
+    """Which server deploy/local/infra.sh started (it writes the name beside its data)."""
+    try:
+        return (DATA / "mongo.server").read_text().strip() or "MongoDB"
+    except OSError:
+        return "MongoDB"
 
 
 async def load_dev_tenant(env: dict[str, str]) -> tuple[AppFile, TenantFile]:
@@ -120,10 +169,10 @@ def up() -> int:
     key = tenant.api_keys[0] if tenant.api_keys else "<the key waflow-admin printed>"
     print("\nwaflow is up:")
     print(f"  Kafka                {env['KAFKA_BOOTSTRAP_SERVERS']}")
-    print(f"  MongoDB (FerretDB)   {env['MONGODB_URI']}")
-    for spec in PROCESSES:
-        state = "up" if status[spec.name] else f"NOT healthy (see {DATA / 'logs' / spec.name}.log)"
-        print(f"  {spec.name:<20} http://127.0.0.1:{spec.port()}  {state}  (API docs: /docs)")
+    print(f"  Database ({database_server()})".ljust(23) + env["MONGODB_URI"])
+    for instance in instances():
+        state = "up" if status[instance.name] else f"NOT healthy (see {DATA / 'logs' / instance.name}.log)"
+        print(f"  {instance.name:<20} http://127.0.0.1:{instance.port()}  {state}  (API docs: /docs)")
     print(
         f"\nDev tenant '{tenant.tenant_id}', API key: {key}, business number {number.display_phone_number} "
         f"(phone_number_id {number.phone_number_id})"
@@ -148,18 +197,18 @@ def up() -> int:
 
 
 def down() -> int:
-    for spec in reversed(PROCESSES):
-        pid = pid_of(spec.name)
+    for instance in reversed(running_instances()):
+        pid = pid_of(instance.name)
         if pid is not None:
             processes.stop(pid)
-            print(f"{spec.name} stopped")
-        (DATA / f"{spec.name}.pid").unlink(missing_ok=True)
+            print(f"{instance.name} stopped")
+        (DATA / f"{instance.name}.pid").unlink(missing_ok=True)
     return 0
 
 
 def status() -> int:
-    for spec in PROCESSES:
-        print(f"{spec.name}: {'running' if pid_of(spec.name) is not None else 'stopped'}")
+    for instance in running_instances():
+        print(f"{instance.name}: {'running' if pid_of(instance.name) is not None else 'stopped'}")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""The black-box suite's stack: every process of it started from its console entry point (waflow_testing.stack)."""
+"""The black-box suite's stack: every process of it started from its console entry point (waflow_testing.stack).
+
+The suite runs two instances of each consumer service (conversation, contacts, outbound), as a scaled deployment
+does; the tests' REST calls go through the instances in turn. WAFLOW_BLACKBOX_INSTANCES=1 (or 3...) runs it with
+another count."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from waflow_testing.fixtures import REPO, Infra
-from waflow_testing.stack import Stack
+from waflow_testing.stack import Stack, instances_from_env
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -18,7 +22,12 @@ async def stack(infra: Infra, request: pytest.FixtureRequest) -> AsyncIterator[S
     processes' logs are kept in .data/blackbox/ when a test of the module failed."""
     workdir = REPO / ".data" / "blackbox" / f"{request.module.__name__.rsplit('.', 1)[-1]}-{uuid.uuid4().hex[:6]}"
     failed_before = request.session.testsfailed
-    async with Stack(kafka_bootstrap=infra.kafka_bootstrap, mongodb_uri=infra.mongodb_uri, workdir=workdir) as stack:
+    async with Stack(
+        kafka_bootstrap=infra.kafka_bootstrap,
+        mongodb_uri=infra.mongodb_uri,
+        workdir=workdir,
+        instances=instances_from_env(default=2),
+    ) as stack:
         yield stack
     if request.session.testsfailed == failed_before:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -64,9 +64,19 @@ class Deployment:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.ingest = stack.url("ingest")
-        self.conversation = stack.url("conversation")
-        self.contacts = stack.url("contacts")
+
+    # Each use gives the service's next instance: with two instances, the corpus's calls go through both.
+    @property
+    def ingest(self) -> str:
+        return self.stack.url("ingest")
+
+    @property
+    def conversation(self) -> str:
+        return self.stack.url("conversation")
+
+    @property
+    def contacts(self) -> str:
+        return self.stack.url("contacts")
 
     def tenant(self, letter: str) -> StackTenant:
         return {"A": self.stack.tenant_a, "B": self.stack.tenant_b}[letter]
@@ -91,16 +101,7 @@ class Deployment:
             await self._status_flow(name, "read")
 
     async def _status_flow(self, name: str, flow: Literal["none", "read"]) -> None:
-        tenant, phone = self.tenant(name[0]), self.phone(name)
-        await self.stack.sim.put_number(
-            phone.phone_number_id,
-            display_phone_number=phone.display_phone_number,
-            waba_id=phone.waba_id,
-            app_id=tenant.app.app_id,
-            access_token=tenant.access_token,
-            rate_per_second=phone.rate_per_second,
-            status_flow=flow,
-        )
+        await self.stack.numbers_behave(self.phone(name).phone_number_id, status_flow=flow)
 
 
 @pytest.fixture
@@ -176,7 +177,7 @@ class Runner:
         self.d = deployment
         self.http = http
         self.tokens = tokens
-        self.paused: int | None = None
+        self.paused: list[int] = []  # outbound processes this runner froze
 
     async def deliver(self, step: dict[str, Any]) -> None:
         app = self.d.tenant(step["app"]).app
@@ -259,26 +260,26 @@ class Runner:
         """Freezes outbound while WhatsApp (delayed) answers its call, so the answer's wamid is known to WhatsApp,
         to the test and to the statuses that follow, but not yet to conversation (outbound has not published
         send.accepted). Returns the wamid; `release` lets outbound go on."""
-        outbound = self.d.stack._processes["outbound"].pid
         for _ in range(20):
             # outbound's call is in the simulator's delay now, or not made yet (then it is made after SIGCONT).
+            # Every instance is frozen: whichever holds the customer's partition makes the call.
             await asyncio.sleep(ANSWER_DELAY / 4)
-            os.killpg(outbound, signal.SIGSTOP)
-            self.paused = outbound
+            self.paused = self.d.stack.pids("outbound")
+            for pid in self.paused:
+                os.killpg(pid, signal.SIGSTOP)
             deadline = time.monotonic() + ANSWER_DELAY * 2
             while time.monotonic() < deadline:
                 calls = await self.d.stack.sim.sent(chat["phone_number_id"], to=chat["wa_id"])
                 if calls and calls[-1].wamid:
                     return calls[-1].wamid
                 await asyncio.sleep(0.1)
-            os.killpg(outbound, signal.SIGCONT)
-            self.paused = None
+            self.release()
         raise AssertionError("outbound never called WhatsApp")
 
     def release(self) -> None:
-        if self.paused is not None:
-            os.killpg(self.paused, signal.SIGCONT)
-            self.paused = None
+        for pid in self.paused:
+            os.killpg(pid, signal.SIGCONT)
+        self.paused = []
 
     async def still_unsent(self, step: dict[str, Any]) -> None:
         """Conversation does not know the message's wamid yet, so no status can have been applied to it."""

@@ -10,27 +10,23 @@ Each test has a short form (`make test`, a few hundred messages) and a long form
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
 import os
-import random
 import time
 import uuid
-from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from waflow_common import topics
 from waflow_common.admin import Admin
 from waflow_testing.fixtures import Infra, local_infra
-from waflow_testing.stack import Stack, StackTenant
+from waflow_testing.stack import Stack
+from waflow_testing.traffic import Customer, Traffic, busy, dead_letters, until, wamid_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,248 +41,6 @@ def sized(short: int, long: int) -> list[Any]:
             long, id="long", marks=[pytest.mark.soak, pytest.mark.skipif(not SOAK, reason="long form: make soak")]
         ),
     ]
-
-
-# What the simulator reports for a send once its whole status flow arrived (numbers are set to "read").
-FINAL = "read"
-
-
-@dataclass(frozen=True)
-class Customer:
-    tenant: StackTenant
-    phone_number_id: str
-    wa_id: str
-
-
-@dataclass
-class Traffic:
-    """A run of customers writing in and agents answering, and what each of them should end up with."""
-
-    stack: Stack
-    http: httpx.AsyncClient
-    customers: list[Customer]
-    label: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    inbound: dict[str, list[str]] = field(default_factory=dict)  # wa_id -> texts the customer wrote
-    outbound: dict[str, list[str]] = field(default_factory=dict)  # wa_id -> texts agents sent
-    chat_ids: dict[str, str] = field(default_factory=dict)
-    server_errors: list[str] = field(default_factory=list)  # 5xx answers other than 503 (retry later)
-
-    @classmethod
-    def of(cls, stack: Stack, http: httpx.AsyncClient, count: int, first: int) -> Traffic:
-        """`count` customers (Spanish mobile numbers from `first` on) spread over every business number."""
-        numbers = [(t, n.phone_number_id) for t in stack.tenants for n in t.numbers]
-        customers = [
-            Customer(numbers[i % len(numbers)][0], numbers[i % len(numbers)][1], str(34_600_000_000 + first + i))
-            for i in range(count)
-        ]
-        return cls(stack, http, customers)
-
-    def by_wa_id(self) -> dict[str, Customer]:
-        return {c.wa_id: c for c in self.customers}
-
-    # --- making traffic ------------------------------------------------------------------------------------
-
-    async def write_in(self, customer: Customer, text: str) -> None:
-        """The customer writes; the simulator delivers in the background and retries like Meta does."""
-        self.inbound.setdefault(customer.wa_id, []).append(text)
-        # Our own wamid, so that a control call retried after a dropped connection is the same message (then
-        # delivered twice, as Meta's duplicates are, which the stack must absorb).
-        wamid = wamid_for(customer.wa_id)
-        for attempt in range(20):
-            try:
-                await self.stack.sim.customer_message(
-                    customer.phone_number_id,
-                    customer.wa_id,
-                    text=text,
-                    name=f"Customer {customer.wa_id}",
-                    wamid=wamid,
-                    wait=False,
-                )
-                return
-            except httpx.TransportError:
-                if attempt == 19:
-                    raise
-                await asyncio.sleep(0.5)
-
-    async def open_chats(self) -> None:
-        """Each customer writes first (opening the 24-hour window); returns once every chat shows."""
-        for customer in self.customers:
-            await self.write_in(customer, f"{self.label} hello from {customer.wa_id}")
-        wanted = {c.wa_id for c in self.customers}
-
-        async def all_chats() -> bool:
-            for tenant in self.stack.tenants:
-                for chat in await self.chats(tenant):
-                    if chat["wa_id"] in wanted and chat["last_message"]:
-                        self.chat_ids[chat["wa_id"]] = chat["chat_id"]
-            return wanted <= set(self.chat_ids)
-
-        await until(all_chats, 180, "every customer's chat")
-
-    async def send(self, customer: Customer, text: str) -> None:
-        """An agent answers through the conversation API; a failed call is retried with the same key, as a
-        client would (a retried POST with the same Idempotency-Key sends nothing more)."""
-        self.outbound.setdefault(customer.wa_id, []).append(text)
-        url = f"{self.stack.url('conversation')}/v1/chats/{self.chat_ids[customer.wa_id]}/messages"
-        headers = customer.tenant.auth | {"Idempotency-Key": f"{self.label}-{text}"}
-        while True:
-            try:
-                answer = await self.http.post(url, json={"type": "text", "body": text}, headers=headers)
-            except httpx.TransportError:
-                await asyncio.sleep(0.2)
-                continue
-            if answer.status_code < 500:
-                assert answer.status_code == 202, answer.text
-                return
-            if answer.status_code != 503:
-                self.server_errors.append(f"{answer.status_code} {answer.text[:200]}")
-            await asyncio.sleep(0.2)
-
-    async def stream(
-        self, inbound: int, outbound: int, fault: Callable[[], Coroutine[Any, Any, None]] | None = None, at: float = 0.4
-    ) -> None:
-        """`inbound` customer messages and `outbound` agent sends, interleaved at random; `fault` runs once when
-        `at` of them have been issued, while the stream goes on."""
-        rng = random.Random(self.label)
-        operations = [("in", i, rng.choice(self.customers)) for i in range(inbound)]
-        operations += [("out", i, rng.choice(self.customers)) for i in range(outbound)]
-        rng.shuffle(operations)
-        fault_at = int(len(operations) * at)
-        fault_task: asyncio.Task[None] | None = None
-        queue: asyncio.Queue[tuple[str, int, Customer]] = asyncio.Queue()
-        for operation in operations:
-            queue.put_nowait(operation)
-        issued = 0
-
-        async def worker() -> None:
-            nonlocal issued, fault_task
-            while not queue.empty():
-                direction, i, customer = queue.get_nowait()
-                issued += 1
-                if fault is not None and fault_task is None and issued >= fault_at:
-                    fault_task = asyncio.create_task(fault())
-                if direction == "in":
-                    await self.write_in(customer, f"{self.label} in {i} from {customer.wa_id}")
-                else:
-                    await self.send(customer, f"{self.label} out {i} to {customer.wa_id}")
-
-        await asyncio.gather(*(worker() for _ in range(8)))
-        if fault_task is not None:
-            await fault_task
-
-    # --- reading the end state -----------------------------------------------------------------------------
-
-    async def chats(self, tenant: StackTenant) -> list[dict[str, Any]]:
-        return await self.pages(f"{self.stack.url('conversation')}/v1/chats", tenant)
-
-    async def pages(self, url: str, tenant: StackTenant) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": 200} | ({"cursor": cursor} if cursor else {})
-            page = await self.get(url, params, tenant)
-            items += page["items"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return items
-
-    async def get(self, url: str, params: dict[str, Any], tenant: StackTenant) -> Any:
-        """A read, retried as any client would while the server restarts (or drops a kept-alive connection)."""
-        for _ in range(100):
-            try:
-                answer = await self.http.get(url, params=params, headers=tenant.auth)
-            except httpx.TransportError:
-                await asyncio.sleep(0.2)
-                continue
-            if answer.status_code != 503:
-                answer.raise_for_status()
-                return answer.json()
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"GET {url} kept failing")
-
-    async def problems(self, *, unknown_outcomes: bool = False) -> list[str]:
-        """Every difference between what the stack shows and what was sent; empty when the end state is exact.
-
-        `unknown_outcomes`: a send whose process was killed during its call to WhatsApp is reported failed with
-        `outcome_unknown` (outbound never calls twice: Meta's /messages has no idempotency key); such a send may
-        have reached WhatsApp once or not at all."""
-        found: list[str] = []
-        ours = self.by_wa_id()
-        for tenant in self.stack.tenants:
-            shown = Counter(c["wa_id"] for c in await self.chats(tenant) if c["wa_id"] in ours)
-            contacts = await self.pages(f"{self.stack.url('contacts')}/v1/contacts", tenant)
-            known = Counter(c["wa_id"] for c in contacts if c["wa_id"] in ours)
-            for customer in (c for c in self.customers if c.tenant == tenant):
-                if shown[customer.wa_id] != 1:
-                    found.append(f"{customer.wa_id}: {shown[customer.wa_id]} chats")
-                if known[customer.wa_id] != 1:
-                    found.append(f"{customer.wa_id}: {known[customer.wa_id]} contacts")
-        sent_at_whatsapp = Counter(
-            (m.to, m.body["text"]["body"])
-            for m in await self.stack.sim.sent()
-            if m.type == "text" and m.error_code is None and isinstance(m.body, dict)
-        )
-        for (to, text), times in sent_at_whatsapp.items():
-            if to in ours and text not in self.outbound.get(to, []):
-                found.append(f"{to}: {text!r} reached WhatsApp {times}x but no agent sent it")
-        timelines = await asyncio.gather(*(self.timeline(c) for c in self.customers))
-        for customer, timeline in zip(self.customers, timelines, strict=True):
-            wa_id = customer.wa_id
-            written = Counter(m["content"].get("body") for m in timeline if m["direction"] == "in")
-            if written != Counter(self.inbound.get(wa_id, [])):
-                found.append(f"{wa_id}: timeline in {diff(written, Counter(self.inbound.get(wa_id, [])))}")
-            answered = [m for m in timeline if m["direction"] == "out"]
-            texts = Counter(m["content"].get("body") for m in answered)
-            if texts != Counter(self.outbound.get(wa_id, [])):
-                found.append(f"{wa_id}: timeline out {diff(texts, Counter(self.outbound.get(wa_id, [])))}")
-            for message in answered:
-                text = message["content"].get("body")
-                at_whatsapp = sent_at_whatsapp[(wa_id, text)]
-                unknown = (message.get("failure") or {}).get("reason") == "outcome_unknown"
-                if unknown and unknown_outcomes and at_whatsapp <= 1:
-                    continue
-                if at_whatsapp != 1 or message["status"] != FINAL:
-                    found.append(f"{wa_id}: {text!r} sent {at_whatsapp}x, status {message['status']}")
-        return found
-
-    async def timeline(self, customer: Customer) -> list[dict[str, Any]]:
-        url = f"{self.stack.url('conversation')}/v1/chats/{self.chat_ids[customer.wa_id]}/messages"
-        return [m for m in await self.pages(url, customer.tenant) if m["kind"] == "message"]
-
-    async def settle(self, timeout: float, *, unknown_outcomes: bool = False) -> None:
-        """Waits for the exact end state, then checks it once more a little later: a duplicate applied late
-        (a redelivered webhook, a replayed record) would show up then."""
-        assert await self.stack.sim.drain(timeout), "the simulator still has webhook deliveries in flight"
-        failed = [d for d in await self.stack.sim.deliveries() if not d.delivered]
-        assert not failed, f"webhooks the simulator gave up on: {failed[:5]}"
-        last: list[str] = []
-
-        async def exact() -> bool:
-            nonlocal last
-            last = await self.problems(unknown_outcomes=unknown_outcomes)
-            return not last
-
-        await until(exact, timeout, "the exact end state", lambda: last[:20])
-        assert not self.server_errors, f"answers other than 202 or 503 (retry): {self.server_errors[:5]}"
-        await asyncio.sleep(3)
-        again = await self.problems(unknown_outcomes=unknown_outcomes)
-        assert not again, again[:20]
-
-
-def diff(shown: Counter[Any], expected: Counter[Any]) -> str:
-    missing, extra = expected - shown, shown - expected
-    return f"missing {sorted(missing.elements())[:3]} ({missing.total()}), extra {sorted(extra.elements())[:3]}"
-
-
-async def until(
-    probe: Callable[[], Awaitable[bool]], timeout: float, what: str, last: Callable[[], Any] | None = None
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await probe():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s; last: {last() if last else None}")
-        await asyncio.sleep(1.0)
 
 
 @pytest.fixture
@@ -387,11 +141,6 @@ async def test_database_server_stopped_under_load_skips_and_dead_letters_nothing
     assert await dead_letters(stack) == []
 
 
-def wamid_for(wa_id: str) -> str:
-    """A new message id shaped like Meta's."""
-    return "wamid." + base64.b64encode(f"{wa_id}:{uuid.uuid4().hex}".encode()).decode()
-
-
 def signed_message(customer: Customer, text: str) -> tuple[bytes, dict[str, str]]:
     """A customer's text message as Meta posts it, signed with the app's secret."""
     number = next(n for n in customer.tenant.numbers if n.phone_number_id == customer.phone_number_id)
@@ -444,31 +193,89 @@ CONSUMERS_OF = {
 
 
 def poisons(label: str) -> list[bytes]:
-    """Not JSON, JSON of the wrong shape, and a well-formed envelope of an event type nobody knows."""
-    unknown = {
+    """Not JSON, and JSON of the wrong shape."""
+    return [f"{label} not json {{".encode(), json.dumps({"poison": label}).encode()]
+
+
+def _envelope(label: str, event_type: str, schema_version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
         "event_id": str(uuid.uuid4()),
-        "event_type": "something.new",
-        "schema_version": 1,
+        "event_type": event_type,
+        "schema_version": schema_version,
         "tenant_id": "tenant-a",
         "occurred_at": "2026-01-01T00:00:00Z",
         "produced_at": "2026-01-01T00:00:00Z",
         "correlation_id": label,
         "causation_id": None,
-        "payload": {"poison": label},
+        "payload": payload,
     }
-    return [f"{label} not json {{".encode(), json.dumps({"poison": label}).encode(), json.dumps(unknown).encode()]
+
+
+def evolved(label: str) -> list[bytes]:
+    """What a newer producer may write: an event type nobody here knows, and a known type at a schema version
+    nobody here reads. Consumers skip and count them; neither is a poison."""
+    return [
+        json.dumps(_envelope(label, "something.new", 1, {"new": label})).encode(),
+        json.dumps(_envelope(label, "message.received", 2, {"reshaped": label})).encode(),
+    ]
+
+
+def with_fields_added(label: str, customer: Customer) -> bytes:
+    """A message.received as a newer ingest could write it: the same event with fields this version does not
+    know, in the envelope and in the payload (added optional fields need no new version)."""
+    number = next(n for n in customer.tenant.numbers if n.phone_number_id == customer.phone_number_id)
+    payload = {
+        "wamid": wamid_for(customer.wa_id),
+        "phone_number_id": number.phone_number_id,
+        "display_phone_number": number.display_phone_number,
+        "waba_id": number.waba_id,
+        "wa_id": customer.wa_id,
+        "user_id": None,
+        "username": None,
+        "profile_name": f"{label} newer",
+        "type": "text",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "content": {"type": "text", "body": f"{label} from a newer ingest"},
+        "context": None,
+        "referral": None,
+        "errors": [],
+        "added_in_a_later_release": {"anything": [1, 2]},
+    }
+    envelope = _envelope(label, "message.received", 1, payload) | {"tenant_id": customer.tenant.tenant_id}
+    return json.dumps(envelope | {"trace": {"span": label}}).encode()
+
+
+async def skipped(stack: Stack, topic: str, event_type: str) -> float:
+    """How many records of `event_type` on `topic` every instance of every service skipped, from /metrics."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for service in ("conversation", "contacts", "outbound"):
+            for url in stack.urls(service):
+                text = (await http.get(f"{url}/metrics")).text
+                for line in text.splitlines():
+                    if (
+                        line.startswith("waflow_events_skipped_total{")
+                        and f'topic="{topic}"' in line
+                        and f'event_type="{event_type}"' in line
+                    ):
+                        total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 async def test_poison_records_go_to_their_dlq_and_the_consumers_go_on(stack: Stack, http: httpx.AsyncClient) -> None:
     label = f"poison-{uuid.uuid4().hex[:6]}"
     records = poisons(label)
+    newer = evolved(label)
+    partitions_of: dict[str, int] = {}
     producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap_servers)
     await producer.start()
     try:
         for topic in CONSUMERS_OF:
             name = stack.settings.topic(topic)
-            for partition in sorted(await producer.partitions_for(name)):
-                for value in records:
+            partitions = sorted(await producer.partitions_for(name))
+            partitions_of[topic] = len(partitions)
+            for partition in partitions:
+                for value in [*records, *newer]:
                     await producer.send_and_wait(name, value, key=f"{label}:{partition}".encode(), partition=partition)
     finally:
         await producer.stop()
@@ -491,11 +298,31 @@ async def test_poison_records_go_to_their_dlq_and_the_consumers_go_on(stack: Sta
     )
     assert renamed.status_code == 200, renamed.text
     await traffic.send(customer, f"{label} answer")
+    # A message.received with fields this version does not know, from a newer ingest: applied like any other.
+    newcomer = Customer(tenant, customer.phone_number_id, str(int(customer.wa_id) + 2))
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            stack.settings.topic(topics.INBOUND),
+            with_fields_added(label, newcomer),
+            key=f"{tenant.tenant_id}:{newcomer.wa_id}".encode(),
+        )
+    finally:
+        await producer.stop()
 
     async def applied() -> bool:
         found = await http.get(f"{contacts}/v1/contacts/by-phone/{other}", headers=tenant.auth)
         chat = await http.get(f"{conversation}/v1/chats/{traffic.chat_ids[customer.wa_id]}", headers=tenant.auth)
-        return found.status_code == 200 and chat.json()["display_name"] == f"{label} renamed"
+        newest = await http.get(f"{contacts}/v1/contacts/by-phone/{newcomer.wa_id}", headers=tenant.auth)
+        listed = await traffic.chats(tenant)
+        return (
+            found.status_code == 200
+            and chat.json()["display_name"] == f"{label} renamed"
+            and newest.status_code == 200
+            and newest.json()["profile_name"] == f"{label} newer"
+            and any(c["wa_id"] == newcomer.wa_id for c in listed)
+        )
 
     await until(applied, 60, "the good records after the poison")
     await traffic.settle(60)
@@ -512,6 +339,17 @@ async def test_poison_records_go_to_their_dlq_and_the_consumers_go_on(stack: Sta
             assert len(on_topic) == consumers * partitions, (topic, text, len(on_topic))
             assert len({letter["consumer"] for letter in on_topic}) == consumers
             assert all(letter["error"] and letter["error_type"] for letter in on_topic)
+    assert not [letter for letter in ours if letter["value"] in {v.decode() for v in newer}], (
+        "an evolved event was dead-lettered"
+    )
+    for topic, consumers in CONSUMERS_OF.items():
+        for event_type in ("something.new", "message.received"):
+            wanted = consumers * partitions_of[topic]
+
+            async def counted(topic: str = topic, event_type: str = event_type, wanted: int = wanted) -> bool:
+                return await skipped(stack, topic, event_type) >= wanted
+
+            await until(counted, 60, f"every consumer of {topic} counting its skipped {event_type}")
     # Every consumer went past its poison: it committed beyond each record it dead-lettered.
     await until(lambda: committed_past(stack, ours), 60, "every consumer committed past the poison")
 
@@ -526,7 +364,7 @@ async def test_a_poison_record_on_tenants_v1_is_skipped_and_the_registry_goes_on
     producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap_servers)
     await producer.start()
     try:
-        for i, value in enumerate(poisons(label)):
+        for i, value in enumerate([*poisons(label), *evolved(label)]):
             await producer.send_and_wait(
                 stack.settings.topic(topics.TENANTS), value, key=f"tenant:{label}-{i}".encode()
             )
@@ -557,51 +395,6 @@ async def test_a_poison_record_on_tenants_v1_is_skipped_and_the_registry_goes_on
     await until(new_key_works, 60, "the key works after a restart that re-read the poison")
 
 
-async def dead_letters(stack: Stack) -> list[dict[str, Any]]:
-    """Every record on the stack's dead-letter topics, read from the beginning to their current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap_servers, group_id=None)
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = [
-            TopicPartition(name, p)
-            for name in (stack.settings.topic(topics.dlq(t)) for t in topics.CONSUMED)
-            for p in cluster.partitions_for_topic(name) or ()
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        letters: list[dict[str, Any]] = []
-        while True:
-            behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
-            if not behind:
-                return letters
-            for records in (await consumer.getmany(*behind, timeout_ms=500)).values():
-                letters += [json.loads(r.value) for r in records]
-    finally:
-        await consumer.stop()
-
-
-async def backlog(stack: Stack) -> dict[str, int]:
-    """Records each of the stack's consumer groups has yet to commit, by group (Kafka's view of their lag)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap_servers, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        prefix = stack.settings.group("")
-        groups = [g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix)]
-        lag: dict[str, int] = {}
-        for group in groups:
-            committed = await admin.list_consumer_group_offsets(group)
-            ends = await consumer.end_offsets(list(committed))
-            lag[group.removeprefix(prefix)] = sum(ends[tp] - max(0, o.offset) for tp, o in committed.items())
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
 async def committed_past(stack: Stack, letters: list[dict[str, Any]]) -> bool:
     """Whether each letter's consumer group has committed an offset beyond that letter's record."""
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap_servers)
@@ -616,15 +409,3 @@ async def committed_past(stack: Stack, letters: list[dict[str, Any]]) -> bool:
         return True
     finally:
         await admin.close()
-
-
-async def busy(stack: Stack, service: str, timeout: float = 10.0) -> None:
-    """Waits (a little) until the service has records to work through, so that the kill lands mid-work; the
-    groups of a service are named after it (they are visible in Kafka and on its dead letters)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        lag = await backlog(stack)
-        if any(n for group, n in lag.items() if group == service or service in group.split("-")[:2]):
-            return
-        await asyncio.sleep(0.05)

@@ -147,6 +147,17 @@ async def make_objects(stack: Stack, http: httpx.AsyncClient, tenant: StackTenan
         found = await _json(http.get(f"{outbound}/v1/templates", headers=auth(tenant)))
         return next((t["template_id"] for t in found["templates"] if t["name"] == "open_template"), None)
 
+    async def chat_shows_the_contact() -> bool:
+        """Conversation shows the contact as contacts.v1 last said (so no later change of it lands mid-test)."""
+        shown = ((await chat()) or {}).get("contact") or {}
+        return (
+            shown.get("name") == f"name of {secret}"
+            and tag in shown.get("tags", [])
+            and any(entry["list_id"] == listed["list_id"] for entry in shown.get("lists", []))
+            and shown.get("fields", {}).get(field_key) == f"value of {secret}"
+        )
+
+    await eventually(chat_shows_the_contact, what=f"{label}'s chat showing its contact")
     template_id = await eventually(template, what=f"{label}'s templates")
     await _json(http.put(f"{outbound}/v1/templates/{template_id}/favourite", headers=auth(tenant)))
     ids = {

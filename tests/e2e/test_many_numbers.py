@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +44,7 @@ from waflow_testing.fixtures import (
     serve,
     settings_for,
 )
+from waflow_testing.traffic import busiest_second
 
 pytestmark = pytest.mark.e2e
 
@@ -232,12 +233,6 @@ async def test_a_customer_writing_to_both_numbers_has_a_chat_per_number_and_repl
 
     sent = await eventually(texts_sent, timeout=WAIT, what="both replies at WhatsApp")
     assert sent == {NUMBER_A.phone_number_id: ["shop here"], NUMBER_B.phone_number_id: ["support here"]}
-
-
-def busiest_second(calls: Sequence[SentMessage]) -> int:
-    """The most calls WhatsApp received in any one second (a sliding window over its receive times)."""
-    times = sorted(c.received_at for c in calls)
-    return max((sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times)), default=0)
 
 
 def template_to(number: Number, wa_id: str) -> SendRequestedEvent:

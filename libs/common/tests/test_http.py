@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Annotated, Any
 
 import httpx
+import pytest
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 from pymongo.errors import ServerSelectionTimeoutError
-from waflow_common.http import install_error_handlers, tenant_dependency
+from waflow_common.http import install_correlation, install_error_handlers, tenant_dependency
+from waflow_common.logs import JsonFormatter
 from waflow_common.tenants import Tenant, TenantRegistry
 
 
@@ -130,3 +134,35 @@ def test_every_operation_declares_its_errors_with_the_error_schema() -> None:
     error = document["components"]["schemas"]["ErrorBody"]
     assert error["required"] == ["error"]
     assert set(document["components"]["schemas"]["ErrorDetail"]["required"]) == {"code", "message"}
+
+
+async def test_the_access_log_names_the_tenant_the_api_key_belonged_to(caplog: pytest.LogCaptureFixture) -> None:
+    app = FastAPI()
+    install_correlation(app)
+
+    @app.get("/v1/mine")
+    async def mine(request: Request) -> dict[str, str]:
+        request.state.tenant_id = "tenant-a"  # what tenant_dependency sets once the key is known
+        return {}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {}
+
+    caplog.set_level(logging.DEBUG, logger="waflow.access")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as http:
+        assert (await http.get("/v1/mine", headers={"X-Correlation-Id": "corr-1"})).status_code == 200
+        assert (await http.get("/v1/nowhere")).status_code == 404
+        assert (await http.get("/healthz")).status_code == 200
+    lines = [r for r in caplog.records if r.name == "waflow.access"]
+    assert [(r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("GET", "/v1/mine", 200),
+        ("GET", "/v1/nowhere", 404),
+        ("GET", "/healthz", 200),
+    ]
+    assert lines[0].tenant_id == "tenant-a"  # type: ignore[attr-defined]
+    assert not hasattr(lines[1], "tenant_id")
+    assert [r.levelno for r in lines] == [logging.INFO, logging.INFO, logging.DEBUG]
+    formatted = json.loads(JsonFormatter().format(lines[0]))
+    assert (formatted["tenant_id"], formatted["path"], formatted["status"]) == ("tenant-a", "/v1/mine", 200)
+    assert formatted["duration_ms"] >= 0

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
@@ -21,24 +20,9 @@ from waflow_common.outbox import OutboxRelay, outbox_entry
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
-from waflow_testing.fixtures import SeededTenant, TopicReader, eventually, put_test_tenant
+from waflow_testing.fixtures import SeededTenant, TopicReader, eventually, note_event, put_test_tenant
 
 pytestmark = pytest.mark.integration
-
-
-def note(text: str, tenant_id: str = "tenant-a") -> NoteAddedEvent:
-    return NoteAddedEvent.new(
-        tenant_id=tenant_id,
-        payload=NoteAdded(
-            chat_id="c1",
-            phone_number_id="1",
-            wa_id="15550001111",
-            note_id=uuid.uuid4().hex,
-            author="agent",
-            text=text,
-            created_at=datetime.now(UTC),
-        ),
-    )
 
 
 async def test_registry_follows_tenants_live(
@@ -158,8 +142,8 @@ async def test_poison_records_are_dead_lettered_and_the_consumer_goes_on(
         not_json, incomplete = f"{{not json {marker}", f'{{"event_type":"note.added","marker":"{marker}"}}'
         await publisher.publish_raw(topics.CONVERSATION, not_json.encode(), key=b"k", headers={})
         await publisher.publish_raw(topics.CONVERSATION, incomplete.encode(), key=b"k", headers={})
-        await publisher.publish(note(f"explode {marker}"))
-        await publisher.publish(note(f"fine {marker}"))
+        await publisher.publish(note_event(f"explode {marker}"))
+        await publisher.publish(note_event(f"fine {marker}"))
         await broker.start()
         try:
             for _ in range(200):
@@ -189,7 +173,7 @@ async def test_a_batched_consumer_keeps_each_keys_order_applies_keys_side_by_sid
     sent = {key: [f"{key} {n} {marker}" for n in range(15)] for key in keys}
     for n in range(15):  # interleaved, as many chats write at once
         for key in keys:
-            event = note(sent[key][n])
+            event = note_event(sent[key][n])
             await publisher.publish_raw(topics.CONVERSATION, event.to_json(), key=key.encode(), headers={})
     seen: dict[str, list[str]] = {key: [] for key in keys}
     in_flight = most_in_flight = 0
@@ -220,7 +204,7 @@ async def test_a_batched_consumer_keeps_each_keys_order_applies_keys_side_by_sid
     assert seen == sent
     assert 1 < most_in_flight <= 4
     # Committed: the group's next consumer starts after them (a newer record proves it is running).
-    last = note(f"chat-0 last {marker}")
+    last = note_event(f"chat-0 last {marker}")
     await publisher.publish_raw(topics.CONVERSATION, last.to_json(), key=b"chat-0", headers={})
     await run_consumer(lambda: seen["chat-0"][-1:] == [last.payload.text])
     assert seen["chat-0"] == [*sent["chat-0"], last.payload.text]
@@ -234,7 +218,7 @@ async def test_outbox_publishes_parked_events_once_and_clears_them(
     chats = service_database(client, topics_ready, "waflow_outbox_test")["chats"]
 
     async def park(text: str) -> tuple[str, NoteAddedEvent]:
-        event, doc_id = note(text), uuid.uuid4().hex
+        event, doc_id = note_event(text), uuid.uuid4().hex
         await chats.update_one(
             {"_id": doc_id},
             {"$set": {"tenant_id": "tenant-a", "notes": 1}, "$push": {"outbox": outbox_entry(event)}},

@@ -1,4 +1,4 @@
-"""Contacts against the real Kafka and FerretDB: REST, events consumed, contact.changed produced."""
+"""Contacts against the real Kafka and database server: REST, events consumed, contact.changed produced."""
 
 from __future__ import annotations
 
@@ -525,6 +525,8 @@ async def test_concurrent_changes_to_one_contact_lose_nothing(api_a: httpx.Async
     stored = (await api_a.get(f"/v1/contacts/{contact['contact_id']}")).json()
     assert sorted(stored["tags"]) == sorted(tags)
     assert stored["version"] == 21
-    events = await changes.read(21, where=of_wa_id(contact["wa_id"]))
-    assert sorted(e["payload"]["version"] for e in events) == list(range(1, 22))
-    assert len({e["event_id"] for e in events}) == 21
+    # At least once: concurrent relays may publish a parked event twice, always under its one event_id, which is
+    # what subscribers de-duplicate by. Exactly one event id per version, every version present.
+    events = await changes.read(100, timeout=8, where=of_wa_id(contact["wa_id"]))
+    versions = {e["event_id"]: e["payload"]["version"] for e in events}
+    assert sorted(versions.values()) == list(range(1, 22))

@@ -73,7 +73,14 @@ async def test_changes_stored_by_a_killed_process_are_published_once_by_the_next
         process.send_signal(signal.SIGKILL)
         assert await process.wait() == -signal.SIGKILL
 
-        settings = settings_for(ContactsSettings, settings_env, contacts_consume=False)
+        # The next process publishes what the killed one parked once it is older than the orphan age.
+        settings = settings_for(
+            ContactsSettings,
+            settings_env,
+            contacts_consume=False,
+            contacts_outbox_orphan_seconds=0.5,
+            contacts_outbox_rescan_seconds=0.5,
+        )
         async with serve(create_app(settings)) as url:
             events = await changes.read(3, timeout=5, where=lambda v: v["payload"]["wa_id"] == "34699000111")
             async with httpx.AsyncClient(base_url=url, headers=tenants[0].auth) as api:

@@ -1,4 +1,4 @@
-"""Conversation served over real HTTP against the real Kafka and FerretDB, on topics and a database of its own.
+"""Conversation served over real HTTP against the real Kafka and database server, on topics and a database of its own.
 
 Other services' events (message.received, message.status, contact.changed, send.accepted, ...) are published
 onto the real topics exactly as those services would; the clock is injected so the window can be moved.
@@ -143,6 +143,7 @@ class Stack:
         *,
         tenant: SeededTenant = TENANT_A,
         error_code: int | None = None,
+        request_id: str | None = None,
     ) -> MessageStatusEvent:
         errors = [MetaErrorDetail(code=error_code, title="Re-engagement message")] if error_code else []
         return MessageStatusEvent.new(
@@ -155,6 +156,7 @@ class Stack:
                 status=status,
                 timestamp=at,
                 errors=errors,
+                biz_opaque_callback_data=request_id,
             ),
             event_id=derived_event_id(tenant.tenant_id, wamid, status, str(int(at.timestamp()))),
             occurred_at=at,

@@ -9,7 +9,6 @@ import pytest
 from waflow_conversation import domain
 from waflow_conversation.repository import ChatRepository, Collections
 from waflow_conversation.repository_messages import MessageRepository
-from waflow_conversation.timeline_index import TimelineIndex
 
 from .conftest import Stack, eventually, new_wa_id, new_wamid
 
@@ -217,13 +216,10 @@ async def test_held_amendments_survive_a_restart(stack: Stack) -> None:
     edit = stack.edit(wa_id, original.payload.wamid, "pick up at 7", at=at + timedelta(minutes=1))
     await stack.publish(edit)
     await eventually(lambda: stack.stored("held_amendments", stack.a, original.payload.wamid), what="held")
-    # A process started now (on the same database) learns what is held and applies it with the original.
+    # A process started now (on the same database) finds what is held and applies it with the original.
     collections = Collections(stack.database)
-    index = TimelineIndex()
     chats = ChatRepository(collections, stack.clock, lambda _c, _k: None, lambda _t: [stack.a.phone_number_id])
-    restarted = MessageRepository(collections, chats, stack.clock, lambda _c, _k: None, index)
-    await chats.load()
-    await restarted.load_index()
+    restarted = MessageRepository(collections, chats, stack.clock, lambda _c, _k: None)
     await restarted.record_inbound(stack.a.tenant_id, [(original.payload, None)])
     message_id = domain.inbound_message_id(stack.a.tenant_id, original.payload.wamid)
     stored = await stack.stored("messages", stack.a, message_id)

@@ -131,6 +131,54 @@ async def test_failed_is_final_unless_a_later_delivery_arrives(stack: Stack) -> 
     assert message["failure"] is None
 
 
+@pytest.mark.parametrize("status_first", [True, False], ids=["status-first", "unknown-first"])
+async def test_meta_statuses_name_a_send_whose_outcome_outbound_could_not_tell(
+    stack: Stack, status_first: bool
+) -> None:
+    """outbound reports `outcome_unknown` when it lost track of a call (killed, or cut off from its database);
+    if WhatsApp did send it, Meta's statuses carry the request id, so the message shows what Meta says."""
+    wa_id = new_wa_id()
+    chat = await _open_chat(stack, wa_id)
+    r = await stack.post(f"/v1/chats/{chat['chat_id']}/messages", {"type": "text", "body": "did it go?"})
+    request_id, message_id = r.json()["request_id"], r.json()["message"]["message_id"]
+    wamid = f"wamid.unknown-{wa_id}"
+    now = _at("1767258000")
+    sent = stack.status(wamid, wa_id, "sent", now, request_id=request_id)
+    delivered = stack.status(wamid, wa_id, "delivered", now + timedelta(seconds=2))  # without the request id
+    unknown = stack.rejected(request_id, wa_id, "outcome_unknown")
+    if status_first:
+        await stack.publish(delivered)
+        await eventually(lambda: stack.stored("orphan_statuses", stack.a, wamid), what="the status held")
+        await stack.publish(sent)
+        await eventually(lambda: _status_is(stack, chat["chat_id"], message_id, "delivered"))
+        await stack.publish(unknown)
+        await stack.publish(stack.text(wa_id, "marker"))
+        await eventually(lambda: stack.preview_is(wa_id, "marker"))
+    else:
+        await stack.publish(unknown)
+        failed = await eventually(lambda: _status_is(stack, chat["chat_id"], message_id, "failed"))
+        assert failed["failure"]["reason"] == "outcome_unknown"
+        await stack.publish(delivered, sent)
+    message = await eventually(lambda: _status_is(stack, chat["chat_id"], message_id, "delivered"))
+    assert (message["wamid"], message["failure"]) == (wamid, None)
+    assert await stack.stored("orphan_statuses", stack.a, wamid) is None
+
+
+async def test_a_status_naming_another_tenants_request_changes_nothing(stack: Stack) -> None:
+    wa_id = new_wa_id()
+    chat = await _open_chat(stack, wa_id)
+    r = await stack.post(f"/v1/chats/{chat['chat_id']}/messages", {"type": "text", "body": "mine"})
+    request_id, message_id = r.json()["request_id"], r.json()["message"]["message_id"]
+    wamid = f"wamid.other-{wa_id}"
+    await stack.publish(
+        stack.status(wamid, wa_id, "delivered", _at("1767258000"), tenant=stack.b, request_id=request_id)
+    )
+    await stack.publish(stack.text(wa_id, "marker"))
+    await eventually(lambda: stack.preview_is(wa_id, "marker"))
+    message = await _message(stack, chat["chat_id"], message_id)
+    assert (message["status"], message["wamid"]) == ("pending", None)
+
+
 async def test_rejected_send_shows_the_reason(stack: Stack) -> None:
     wa_id = new_wa_id()
     chat = await _open_chat(stack, wa_id)

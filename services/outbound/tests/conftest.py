@@ -185,7 +185,7 @@ async def recipient_state(api: httpx.AsyncClient, tenant: SeededTenant, wa_id: s
 
 
 async def wait_until(api: httpx.AsyncClient, tenant: SeededTenant, wa_id: str, **expected: Any) -> None:
-    """Waits until outbound's own projection shows what the test published (it learns from events only)."""
+    """Waits until outbound shows what the test published (it learns from events only)."""
     for _ in range(200):
         state = await recipient_state(api, tenant, wa_id)
         if all(state[k] == v for k, v in expected.items()):
@@ -206,7 +206,7 @@ async def open_window(
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def outbound_db(settings_env: dict[str, str]) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    """Outbound's own database, for tests that wait on what outbound recorded (its journal is the truth)."""
+    """Outbound's own database, for tests that wait on what outbound recorded."""
     settings = settings_for(CommonSettings, settings_env)
     client = make_mongo_client(settings)
     try:
@@ -231,7 +231,7 @@ def chat_read(tenant: SeededTenant, wa_id: str, last_inbound_wamid: str) -> Chat
 async def read_handled(db: AsyncDatabase[dict[str, Any]], tenant: SeededTenant, wamid: str) -> dict[str, Any]:
     """Waits until outbound has finished with a read receipt (called WhatsApp, or decided not to)."""
     for _ in range(400):
-        done = await db["reads_done"].find_one({"_id": f"{tenant.tenant_id}:read:{wamid}"})
+        done = await db["requests"].find_one({"_id": f"{tenant.tenant_id}:read:{wamid}", "state": "done"})
         if done is not None:
             return done
         await asyncio.sleep(0.05)

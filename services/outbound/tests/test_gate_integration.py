@@ -1,5 +1,5 @@
 """Every kind of call outbound can make to WhatsApp passes one gate: a sweep over all of them, against a
-blacklisted customer and against a closed 24-hour window (real Kafka, FerretDB, the simulator over HTTP)."""
+blacklisted customer and against a closed 24-hour window (real Kafka, the database server, the simulator over HTTP)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Outbound against the real Kafka, FerretDB and the WhatsApp simulator: what reaches WhatsApp, and what does not."""
+"""Outbound against the real Kafka, the database server and the WhatsApp simulator: what reaches WhatsApp, and
+what does not."""
 
 from __future__ import annotations
 

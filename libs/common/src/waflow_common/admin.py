@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import uuid
@@ -27,11 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.console import Console
+from rich.progress import Progress
 
-from waflow_common import topics
+from waflow_common import dlq, replay, topics
 from waflow_common.events.tenants import (
     TENANT_ID_PATTERN,
     ApiKeyRecord,
@@ -45,6 +48,7 @@ from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
 from waflow_common.secrets import SecretBox, generate_key, hash_api_key, new_api_key
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry, app_secret_context, tenant_secret_context
+from waflow_common.topic_reading import topic_partitions
 
 
 class AppFile(BaseModel):
@@ -168,8 +172,7 @@ async def tail(settings: CommonSettings, topic: str, *, from_beginning: bool, li
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = [TopicPartition(name, p) for p in cluster.partitions_for_topic(name) or ()]
+        partitions = await topic_partitions(consumer, name)
         if not partitions:
             raise AdminError(f"topic {name} does not exist")
         consumer.assign(partitions)
@@ -232,6 +235,10 @@ async def _run(args: argparse.Namespace) -> int:
     if args.area == "topics":
         await tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.limit)
         return 0
+    if args.area == "dlq":
+        return await _dlq(settings, args)
+    if args.area == "replay":
+        return await _replay(settings, args)
     async with Admin(settings) as admin:
         if args.area == "app" and args.action == "put":
             app = await admin.put_app(AppFile.model_validate(_load(args.file)))
@@ -265,6 +272,46 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _dlq(settings: CommonSettings, args: argparse.Namespace) -> int:
+    try:
+        if args.action == "list":
+            print(json.dumps(await dlq.summary(settings), indent=2))
+        elif args.action == "show":
+            for line in await dlq.show(settings, args.topic, args.limit):
+                print(json.dumps(line, ensure_ascii=False))
+        elif args.action == "redrive":
+            for line in await dlq.redrive(settings, args.topic, dry_run=args.dry_run):
+                print(json.dumps(line, ensure_ascii=False))
+        elif args.action == "purge":
+            print(json.dumps({"topic": dlq.dlq_name(args.topic), "purged": await dlq.purge(settings, args.topic)}))
+    except dlq.DlqError as exc:
+        raise AdminError(str(exc)) from exc
+    return 0
+
+
+async def _replay(settings: CommonSettings, args: argparse.Namespace) -> int:
+    since, until = _when(args.since), _when(args.until) if args.until else datetime.now(UTC)
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        try:
+            done = await replay.replay(
+                settings, args.ingest_url, args.tenant, since, until, dry_run=args.dry_run, progress=progress
+            )
+        except replay.ReplayError as exc:
+            raise AdminError(str(exc)) from exc
+    print(json.dumps(dataclasses.asdict(done) | {"dry_run": args.dry_run}))
+    return 0 if done.refused == 0 else 1
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise AdminError(f"not an ISO 8601 time: {text}") from exc
+    if moment.tzinfo is None:
+        raise AdminError(f"give the time zone of {text} (e.g. Z or +01:00)")
+    return moment
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waflow-admin", description="Manage waflow apps, tenants and topics.")
     areas = parser.add_subparsers(dest="area", required=True)
@@ -276,6 +323,22 @@ def _parser() -> argparse.ArgumentParser:
     tail_p.add_argument("topic")
     tail_p.add_argument("--from-beginning", action="store_true")
     tail_p.add_argument("--limit", type=int, default=0, help="stop after N records (0: follow forever)")
+    dlq_p = areas.add_parser("dlq", help="dead-letter topics: list, show, redrive, purge (topic: e.g. wa.inbound.v1)")
+    dlq_actions = dlq_p.add_subparsers(dest="action", required=True)
+    dlq_actions.add_parser("list", help="every dead-letter topic: letters held and not yet redriven")
+    dlq_show = dlq_actions.add_parser("show", help="a topic's letters as JSON lines")
+    dlq_show.add_argument("topic")
+    dlq_show.add_argument("--limit", type=int, default=0)
+    dlq_redrive = dlq_actions.add_parser("redrive", help="put the letters not redriven yet back on their topic")
+    dlq_redrive.add_argument("topic")
+    dlq_redrive.add_argument("--dry-run", action="store_true", help="say what would be redriven, send nothing")
+    dlq_actions.add_parser("purge", help="delete a topic's letters").add_argument("topic")
+    replay_p = areas.add_parser("replay", help="send a tenant's archived webhooks of a time range to ingest again")
+    replay_p.add_argument("--tenant", required=True)
+    replay_p.add_argument("--since", required=True, help="ISO 8601 with a time zone, e.g. 2026-12-01T00:00:00Z")
+    replay_p.add_argument("--until", help="ISO 8601 with a time zone (default: now)")
+    replay_p.add_argument("--ingest-url", default="http://127.0.0.1:8001")
+    replay_p.add_argument("--dry-run", action="store_true", help="count what would be sent, send nothing")
     for area in ("app", "tenant"):
         sub = areas.add_parser(area).add_subparsers(dest="action", required=True)
         sub.add_parser("put").add_argument("file")

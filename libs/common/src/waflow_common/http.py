@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from waflow_common.logs import log_context
 from waflow_common.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("waflow.access")
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})  # asked every few seconds: at debug level only
 
 CORRELATION_HEADER = "X-Correlation-Id"
 
@@ -238,7 +241,9 @@ def _declare_errors(path: str, operation: dict[str, Any]) -> None:
 
 
 class CorrelationMiddleware:
-    """Takes the caller's X-Correlation-Id (or makes one), puts it in the logs and echoes it back.
+    """Takes the caller's X-Correlation-Id (or makes one), puts it in the logs and echoes it back, and writes
+    the access log: one line per request with its method, path, status, duration, correlation id and the
+    tenant its API key named (set by `tenant_dependency`), so an operator can follow one tenant's calls.
 
     A plain ASGI middleware: Starlette's BaseHTTPMiddleware costs a task and a body copy per request, which
     shows up on the webhook hot path.
@@ -260,13 +265,35 @@ class CorrelationMiddleware:
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         header = (_CORRELATION_HEADER_BYTES, correlation_id.encode("latin-1"))
 
+        status = 500  # a request that ends without a response start ended in an error
+
         async def send_with_header(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        started = time.perf_counter()
         with log_context(correlation_id=correlation_id):
-            await self.app(scope, receive, send_with_header)
+            try:
+                await self.app(scope, receive, send_with_header)
+            finally:
+                tenant_id = scope["state"].get("tenant_id")
+                access_log.log(
+                    logging.DEBUG if scope.get("path") in _PROBES else logging.INFO,
+                    "%s %s %s",
+                    scope.get("method"),
+                    scope.get("path"),
+                    status,
+                    extra={
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    }
+                    | ({"tenant_id": tenant_id} if isinstance(tenant_id, str) else {}),
+                )
 
 
 _CORRELATION_HEADER_BYTES = CORRELATION_HEADER.lower().encode()

@@ -21,6 +21,7 @@ from pymongo.errors import ConnectionFailure
 from waflow_common import topics
 from waflow_common.events.dead_letter import DeadLetter
 from waflow_common.events.envelope import Envelope
+from waflow_common.events.reading import UnknownEvent, read_event, skipped
 from waflow_common.logs import log_context
 from waflow_common.settings import CommonSettings
 
@@ -234,13 +235,13 @@ class Consumer:
         adapter: TypeAdapter[E],
         apply_many: Callable[[list[E]], Awaitable[None]],
     ) -> tuple[ConsumerRecord[bytes, bytes], ...]:
-        """Dead-letters the invalid records and applies the rest together; returns what is left to apply."""
+        """Applies the batch's events together (the invalid dead-lettered, the unknown skipped); returns what is
+        left to apply record by record."""
         valid: list[tuple[ConsumerRecord[bytes, bytes], E]] = []
         for record in records:
-            try:
-                valid.append((record, adapter.validate_json(record.value or b"")))
-            except ValidationError as exc:
-                await self._dead_letter(topic, record, f"invalid event: {exc}", type(exc).__name__, attempts=1)
+            event = await self._read(topic, record, adapter)
+            if event is not None:
+                valid.append((record, event))
         try:
             await apply_many([event for _, event in valid])
         except Exception as exc:
@@ -275,10 +276,8 @@ class Consumer:
         adapter: TypeAdapter[E],
         handler: Callable[[E], Awaitable[None]],
     ) -> None:
-        try:
-            event = adapter.validate_json(record.value or b"")
-        except ValidationError as exc:
-            await self._dead_letter(topic, record, f"invalid event: {exc}", type(exc).__name__, attempts=1)
+        event = await self._read(topic, record, adapter)
+        if event is None:
             return
         tenant_id = getattr(event, "tenant_id", None)
         correlation_id = getattr(event, "correlation_id", None)
@@ -298,6 +297,17 @@ class Consumer:
                         await self._dead_letter(topic, record, repr(exc), type(exc).__name__, failures)
                         return
                     await asyncio.sleep(self._retry_delay)
+
+    async def _read(self, topic: str, record: ConsumerRecord[bytes, bytes], adapter: TypeAdapter[E]) -> E | None:
+        """The record's event (`events.reading`: a tolerant reader); None when it was skipped as an unknown type
+        or version, or dead-lettered as invalid."""
+        try:
+            return read_event(adapter, record.value or b"")
+        except UnknownEvent as unknown:
+            skipped(topic, unknown)
+        except ValidationError as exc:
+            await self._dead_letter(topic, record, f"invalid event: {exc}", type(exc).__name__, attempts=1)
+        return None
 
     async def _dead_letter(
         self, topic: str, record: ConsumerRecord[bytes, bytes], error: str, error_type: str, attempts: int

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from waflow_common import topics
+from waflow_common.events.reading import UnknownEvent, read_event, skipped
 from waflow_common.events.tenants import (
     AppUpsertedEvent,
     TenantRecord,
@@ -113,11 +114,13 @@ class TenantRegistry:
                 self._reindex()
             return
         try:
-            event = tenants_adapter.validate_json(value)
+            event = read_event(tenants_adapter, value)
             if isinstance(event, AppUpsertedEvent):
                 self._apply_app(event)
             elif isinstance(event, TenantUpsertedEvent):
                 self._apply_tenant(event)
+        except UnknownEvent as unknown:
+            skipped(topics.TENANTS, unknown)
         except (ValidationError, ValueError) as exc:
             # Records are validated by waflow-admin before they are written; one that still fails is counted and
             # skipped (re-reading the compacted topic at every start must not flood a dead-letter topic).

@@ -16,6 +16,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ import pytest_asyncio
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from waflow_common.admin import Admin, AppFile, TenantFile
+from waflow_common.events.conversation import NoteAdded, NoteAddedEvent
 from waflow_common.events.tenants import PhoneNumber
 from waflow_common.kafka import ensure_topics
 from waflow_common.processes import free_port as free_port  # re-exported: tests take it from here
@@ -331,3 +333,19 @@ class Record:
     key: str | None
     value: dict[str, Any]
     headers: dict[str, str]
+
+
+def note_event(text: str, tenant_id: str = "tenant-a") -> NoteAddedEvent:
+    """A note.added of a made-up chat: a small conversation.v1 event for tests of the Kafka wiring."""
+    return NoteAddedEvent.new(
+        tenant_id=tenant_id,
+        payload=NoteAdded(
+            chat_id="c1",
+            phone_number_id="1",
+            wa_id="15550001111",
+            note_id=uuid.uuid4().hex,
+            author="agent",
+            text=text,
+            created_at=datetime.now(UTC),
+        ),
+    )

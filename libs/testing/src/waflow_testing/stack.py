@@ -6,6 +6,11 @@ free ports, with a topic and database prefix of their own, against the run's Kaf
         await stack.sim.customer_message(stack.tenant_a.phone_number_id, "15551230001", text="hi")
         stack.kill("conversation"); await stack.restart("conversation")
 
+With `instances=2` (or WAFLOW_BLACKBOX_INSTANCES=2) conversation, contacts and outbound each run as two processes
+on ports of their own, in one consumer group per service as deployed: `stack.url("conversation")` gives each
+instance's base URL in turn, `stack.url("conversation", 1)` the second one's, `stack.kill("contacts", 0)` kills
+one instance and `stack.kill("contacts")` all of them.
+
 Two Meta apps and two tenants are seeded: tenant A on app A with two business numbers, tenant B on app B with
 one. A test talks to the stack only as an outsider would: HTTP to the services, the simulator's control API,
 Kafka topics; it imports nothing of a service.
@@ -31,10 +36,13 @@ from waflow_common.processes import BY_NAME, PROCESSES
 from waflow_common.secrets import generate_key
 from waflow_common.settings import CommonSettings
 from waflow_simulator.client import SimulatorClient
+from waflow_simulator.models import StatusFlow
 
 SERVICES: tuple[str, ...] = tuple(spec.name for spec in PROCESSES)
 # The processes that consume topics (the simulator and ingest do not).
 CONSUMERS: tuple[str, ...] = ("conversation", "contacts", "outbound")
+# The processes that may run as several instances (ingest's webhooks all reach its first instance).
+SCALABLE: tuple[str, ...] = ("ingest", *CONSUMERS)
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,25 @@ TENANT_B = StackTenant(
 )
 
 
+def _distinct_port(taken: set[int]) -> int:
+    """A free port none of this stack's processes was given yet (the OS may offer a port it offered before)."""
+    while (port := processes.free_port()) in taken:
+        pass
+    taken.add(port)
+    return port
+
+
+def instances_from_env(default: int = 1) -> int:
+    """How many instances of each consumer service the black-box suite runs: WAFLOW_BLACKBOX_INSTANCES, else
+    `default`."""
+    return int(os.environ.get("WAFLOW_BLACKBOX_INSTANCES", "") or default)
+
+
+def instance_name(service: str, index: int) -> str:
+    """`conversation` for the first instance, `conversation-2`, `conversation-3`... for the next (as `make run`)."""
+    return service if index == 0 else f"{service}-{index + 1}"
+
+
 class Stack:
     """Runs and controls the stack's processes; see the module's docstring."""
 
@@ -95,11 +122,28 @@ class Stack:
         workdir: Path,
         env: Mapping[str, str] | None = None,
         label: str = "bb",
+        instances: int | Mapping[str, int] | None = None,
     ) -> None:
-        """`env` adds to (or overrides) every process's environment, e.g. a service's tuning."""
+        """`env` adds to (or overrides) every process's environment, e.g. a service's tuning. `instances` is how
+        many processes of each consumer service (conversation, contacts, outbound) run, each on a port of its
+        own, or a count per service (ingest may be given too; the simulator always runs once); by default
+        WAFLOW_BLACKBOX_INSTANCES, else 1."""
         run = f"{label}{uuid.uuid4().hex[:6]}"
         self.workdir = workdir
-        self.ports = {name: processes.free_port() for name in SERVICES}
+        if instances is None:
+            instances = instances_from_env()
+        counts = dict.fromkeys(CONSUMERS, instances) if isinstance(instances, int) else dict(instances)
+        unknown = set(counts) - set(SCALABLE)
+        if unknown or any(n < 1 for n in counts.values()):
+            raise ValueError(f"instances: counts >= 1 of {', '.join(SCALABLE)} only (got {dict(counts)})")
+        self.instances: dict[str, int] = {name: counts.get(name, 1) for name in SERVICES}
+        taken: set[int] = set()
+        self.instance_ports: dict[str, list[int]] = {
+            name: [_distinct_port(taken) for _ in range(count)] for name, count in self.instances.items()
+        }
+        # The first instance's port of each service.
+        self.ports = {name: ports[0] for name, ports in self.instance_ports.items()}
+        self._turn = dict.fromkeys(SERVICES, 0)
         self.env: dict[str, str] = (
             dict(os.environ)
             | {
@@ -121,6 +165,7 @@ class Stack:
         self.tenant_a = TENANT_A
         self.tenant_b = TENANT_B
         self.tenants = (TENANT_A, TENANT_B)
+        # By instance name (`conversation`, `conversation-2`, ...).
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self.sim = SimulatorClient(self.url("simulator"))
 
@@ -158,10 +203,30 @@ class Stack:
             self.start(name)
         await self.wait_healthy()
 
+    async def numbers_behave(
+        self, phone_number_id: str | None = None, *, status_flow: StatusFlow = "read", shuffle_statuses: bool = False
+    ) -> None:
+        """How the simulator reports statuses for the stack's numbers (all, or one): which it sends of its own
+        after a send, and whether it shuffles their order as Meta may."""
+        for tenant in self.tenants:
+            for number in tenant.numbers:
+                if phone_number_id not in (None, number.phone_number_id):
+                    continue
+                await self.sim.put_number(
+                    number.phone_number_id,
+                    display_phone_number=number.display_phone_number,
+                    waba_id=number.waba_id,
+                    app_id=tenant.app.app_id,
+                    access_token=tenant.access_token,
+                    rate_per_second=number.rate_per_second,
+                    status_flow=status_flow,
+                    shuffle_statuses=shuffle_statuses,
+                )
+
     async def close(self) -> None:
         await self.sim.aclose()
         for name in reversed(list(self._processes)):
-            self.stop(name)
+            self._stop(name)
 
     async def _seed(self) -> None:
         async with Admin(self.settings) as admin:
@@ -192,59 +257,111 @@ class Stack:
 
     # --- one process ---------------------------------------------------------------------------------------
 
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.ports[service]}"
+    def url(self, service: str, index: int | None = None) -> str:
+        """The base URL of one instance of the service; without `index`, each call gives the next instance in
+        turn, so a test's REST calls go through every instance."""
+        ports = self.instance_ports[service]
+        if index is None:
+            index = self._turn[service] % len(ports)
+            self._turn[service] += 1
+        return f"http://127.0.0.1:{ports[index]}"
+
+    def urls(self, service: str) -> list[str]:
+        """The base URL of every instance of the service."""
+        return [f"http://127.0.0.1:{port}" for port in self.instance_ports[service]]
 
     def webhook_url(self, app_id: str) -> str:
-        return f"{self.url('ingest')}/webhooks/whatsapp/{app_id}"
+        return f"{self.url('ingest', 0)}/webhooks/whatsapp/{app_id}"
 
-    def log_path(self, service: str) -> Path:
-        return self.workdir / "logs" / f"{service}.log"
+    def _indexes(self, service: str, index: int | None) -> list[int]:
+        count = self.instances[service]
+        if index is None:
+            return list(range(count))
+        if not 0 <= index < count:
+            raise IndexError(f"{service} runs {count} instance(s), there is no index {index}")
+        return [index]
 
-    def log_tail(self, service: str, chars: int = 4000) -> str:
-        path = self.log_path(service)
+    def log_path(self, service: str, index: int = 0) -> Path:
+        return self.workdir / "logs" / f"{instance_name(service, index)}.log"
+
+    def log_tail(self, service: str, chars: int = 4000, index: int = 0) -> str:
+        path = self.log_path(service, index)
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    def running(self, service: str) -> bool:
-        process = self._processes.get(service)
+    def running(self, service: str, index: int | None = None) -> bool:
+        """Whether that instance runs; without `index`, whether any instance of the service runs."""
+        return any(self._running(instance_name(service, i)) for i in self._indexes(service, index))
+
+    def _running(self, name: str) -> bool:
+        process = self._processes.get(name)
         return process is not None and processes.alive(process.pid)
 
-    def start(self, service: str) -> None:
-        """Starts the process (a no-op if it runs); `wait_healthy` tells when it answers."""
-        if self.running(service):
-            return
-        self._processes[service] = processes.spawn(BY_NAME[service], self.env, self.log_path(service))
+    def pids(self, service: str, index: int | None = None) -> list[int]:
+        """The process ids of that instance (default: every instance) that run, e.g. to SIGSTOP a service."""
+        found = (self._processes.get(instance_name(service, i)) for i in self._indexes(service, index))
+        return [p.pid for p in found if p is not None and processes.alive(p.pid)]
 
-    def kill(self, service: str) -> None:
-        """SIGKILL: the process gets no chance to flush, commit or say goodbye."""
-        process = self._processes.get(service)
-        if process is not None:
-            processes.kill(process.pid)
-            process.wait()
+    def start(self, service: str, index: int | None = None) -> None:
+        """Starts that instance (default: every instance) unless it runs; `wait_healthy` tells when it answers."""
+        spec = BY_NAME[service]
+        for i in self._indexes(service, index):
+            name = instance_name(service, i)
+            if self._running(name):
+                continue
+            env = self.env | {spec.port_variable: str(self.instance_ports[service][i])}
+            self._processes[name] = processes.spawn(spec, env, self.log_path(service, i))
 
-    def stop(self, service: str) -> None:
-        """SIGTERM, then SIGKILL if it does not exit."""
-        process = self._processes.get(service)
+    def kill(self, service: str, index: int | None = None) -> None:
+        """SIGKILL to that instance (default: every instance): no chance to flush, commit or say goodbye."""
+        for i in self._indexes(service, index):
+            process = self._processes.get(instance_name(service, i))
+            if process is not None:
+                processes.kill(process.pid)
+                process.wait()
+
+    def stop(self, service: str, index: int | None = None) -> None:
+        """SIGTERM, then SIGKILL if it does not exit (default: every instance)."""
+        for i in self._indexes(service, index):
+            self._stop(instance_name(service, i))
+
+    def _stop(self, name: str) -> None:
+        process = self._processes.get(name)
         if process is not None:
             processes.stop(process.pid)
             process.wait()
 
-    async def restart(self, service: str) -> None:
-        self.kill(service)
-        self.start(service)
-        await self.wait_healthy([service])
+    async def restart(self, service: str, index: int | None = None) -> None:
+        """Kills that instance (default: every instance), starts it again and waits until it answers."""
+        self.kill(service, index)
+        self.start(service, index)
+        await self._wait([(service, i) for i in self._indexes(service, index)])
 
     async def wait_healthy(self, services: Iterable[str] | None = None, timeout: float = 90.0) -> None:
-        """Returns once every given (default: started) process answers /healthz; raises with its log otherwise."""
-        waiting = list(services if services is not None else self._processes)
+        """Returns once every instance of the given (default: started) services answers /healthz; raises with
+        its log otherwise."""
+        names = list(services) if services is not None else list(dict.fromkeys(self._started()))
+        await self._wait([(name, i) for name in names for i in range(self.instances[name])], timeout)
+
+    def _started(self) -> list[str]:
+        return [
+            service
+            for service in SERVICES
+            for i in range(self.instances[service])
+            if instance_name(service, i) in self._processes
+        ]
+
+    async def _wait(self, waiting: list[tuple[str, int]], timeout: float = 90.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while waiting:
-            for name in list(waiting):
-                if await asyncio.to_thread(processes.answers, self.ports[name], "/healthz", 1.0):
-                    waiting.remove(name)
-                elif not self.running(name) or loop.time() > deadline:
-                    state = "exited" if not self.running(name) else f"did not answer within {timeout}s"
-                    raise RuntimeError(f"{name} {state}; its log ends:\n{self.log_tail(name)}")
+            for service, i in list(waiting):
+                port = self.instance_ports[service][i]
+                # An instance that exited is reported even if its port answers: another process may hold it.
+                if self.running(service, i) and await asyncio.to_thread(processes.answers, port, "/healthz", 1.0):
+                    waiting.remove((service, i))
+                elif not self.running(service, i) or loop.time() > deadline:
+                    state = "exited" if not self.running(service, i) else f"did not answer within {timeout}s"
+                    name = instance_name(service, i)
+                    raise RuntimeError(f"{name} {state}; its log ends:\n{self.log_tail(service, index=i)}")
             if waiting:
                 await asyncio.sleep(0.2)

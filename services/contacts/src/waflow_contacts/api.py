@@ -16,10 +16,10 @@ from waflow_contacts import domain
 from waflow_contacts.book import Cause, ContactBook
 from waflow_contacts.domain import ContactRuleError, FieldDefinition, InvalidPhone
 from waflow_contacts.errors import ContactNotFound
+from waflow_contacts.lists import StaticLists
 from waflow_contacts.schemas import (
     PHONE_SCHEMA,
     TAG_SCHEMA,
-    BulkResult,
     Contact,
     ContactCreate,
     ContactLists,
@@ -28,10 +28,6 @@ from waflow_contacts.schemas import (
     FieldDefinitionIn,
     FieldDefinitionOut,
     FieldDefinitions,
-    ListIn,
-    ListOut,
-    Lists,
-    MembersIn,
     TagCatalogue,
     TagCount,
     TagsIn,
@@ -44,6 +40,7 @@ from waflow_contacts.search import ContactQuery
 class ContactsContext:
     registry: TenantRegistry
     book: ContactBook
+    lists: StaticLists
 
 
 def _context(request: Request) -> ContactsContext:
@@ -59,12 +56,17 @@ def _book(request: Request) -> ContactBook:
     return _context(request).book
 
 
+def _lists(request: Request) -> StaticLists:
+    return _context(request).lists
+
+
 def _cause(request: Request) -> Cause:
     return Cause(getattr(request.state, "correlation_id", None) or "")
 
 
 CurrentTenant = Annotated[Tenant, Depends(tenant_dependency(_registry))]
 Book = Annotated[ContactBook, Depends(_book)]
+ListsOf = Annotated[StaticLists, Depends(_lists)]
 RequestCause = Annotated[Cause, Depends(_cause)]
 ContactId = Annotated[str, Path(max_length=64, examples=["c_4f1c2a9e8b7d6c5b4a392817"])]
 ListId = Annotated[str, Path(max_length=64, examples=["l_9a8b7c6d5e4f3a2b"])]
@@ -96,8 +98,8 @@ def install_rule_errors(app: FastAPI) -> None:
 router = APIRouter(prefix="/v1", responses=RESPONSES)
 
 
-def _page(items: list[bytes], next_cursor: str | None) -> Response:
-    """A ContactPage assembled from the directory's stored JSON (no model round trip per contact)."""
+def contact_page(items: list[bytes], next_cursor: str | None) -> Response:
+    """A ContactPage assembled from the contacts' JSON (no response-model round trip per contact)."""
     body = b'{"items":[' + b",".join(items) + b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
     return Response(body, media_type="application/json")
 
@@ -153,7 +155,7 @@ async def list_contacts(
 ) -> Response:
     tags = tuple(domain.normalise_tags(tag))
     query = ContactQuery(search=q or None, tags=tags, list_id=list_id, deleted=deleted)
-    return _page(*book.search(tenant.tenant_id, query, limit=limit, cursor=cursor))
+    return contact_page(*await book.search(tenant.tenant_id, query, limit=limit, cursor=cursor))
 
 
 @router.get(
@@ -234,7 +236,7 @@ async def delete_contact(
     response_model=Contact,
 )
 async def restore_contact(contact_id: ContactId, tenant: CurrentTenant, book: Book, cause: RequestCause) -> Contact:
-    outcome = await book.change(tenant.tenant_id, contact_id, domain.restore, cause)
+    outcome = await book.change(tenant.tenant_id, contact_id, domain.restore, cause, restoring=True)
     return contact_out(outcome.contact)
 
 
@@ -286,7 +288,7 @@ async def contact_lists(contact_id: ContactId, tenant: CurrentTenant, book: Book
     response_model=TagCatalogue,
 )
 async def tag_catalogue(tenant: CurrentTenant, book: Book) -> TagCatalogue:
-    counts = book.directory.tag_counts(tenant.tenant_id)
+    counts = await book.tag_counts(tenant.tenant_id)
     return TagCatalogue(items=[TagCount(tag=t, contacts=n) for t, n in counts.items()])
 
 
@@ -347,133 +349,3 @@ async def retire_field(
     book: Book,
 ) -> FieldDefinitionOut:
     return _definition_out(await book.retire_field(tenant.tenant_id, key))
-
-
-# --- lists ---------------------------------------------------------------------------------------------------
-
-LIST_NAME_TAKEN: dict[int | str, dict[str, Any]] = {
-    409: {
-        "description": "Another list has this name",
-        "content": {"application/json": {"example": error_body("list_name_taken", "a list named 'VIP' exists")}},
-    }
-}
-
-
-def _list_out(view: Any) -> ListOut:
-    return ListOut(list_id=view.list_id, name=view.name, members=view.members, created_at=view.created_at)
-
-
-@router.get("/lists", tags=["lists"], summary="The tenant's static lists with member counts", response_model=Lists)
-async def all_lists(tenant: CurrentTenant, book: Book) -> Lists:
-    return Lists(items=[_list_out(v) for v in await book.lists(tenant.tenant_id)])
-
-
-@router.post(
-    "/lists",
-    tags=["lists"],
-    summary="Create a static list",
-    response_model=ListOut,
-    status_code=201,
-    responses=LIST_NAME_TAKEN,
-)
-async def create_list(body: ListIn, tenant: CurrentTenant, book: Book) -> ListOut:
-    return _list_out(await book.create_list(tenant.tenant_id, body.name))
-
-
-@router.get("/lists/{list_id}", tags=["lists"], summary="Read a list", response_model=ListOut)
-async def get_list(list_id: ListId, tenant: CurrentTenant, book: Book) -> ListOut:
-    return _list_out(await book.get_list(tenant.tenant_id, list_id))
-
-
-@router.patch(
-    "/lists/{list_id}", tags=["lists"], summary="Rename a list", response_model=ListOut, responses=LIST_NAME_TAKEN
-)
-async def rename_list(list_id: ListId, body: ListIn, tenant: CurrentTenant, book: Book, cause: RequestCause) -> ListOut:
-    return _list_out(await book.rename_list(tenant.tenant_id, list_id, body.name, cause))
-
-
-@router.delete(
-    "/lists/{list_id}",
-    tags=["lists"],
-    summary="Delete a list (its members leave it; the contacts stay)",
-    status_code=204,
-    response_class=Response,
-)
-async def delete_list(list_id: ListId, tenant: CurrentTenant, book: Book, cause: RequestCause) -> Response:
-    await book.delete_list(tenant.tenant_id, list_id, cause)
-    return Response(status_code=204)
-
-
-@router.get(
-    "/lists/{list_id}/members",
-    tags=["lists"],
-    summary="A list's members (same order, cursor and `deleted` filter as the contact listing)",
-    response_model=ContactPage,
-)
-async def list_members(
-    list_id: ListId,
-    tenant: CurrentTenant,
-    book: Book,
-    deleted: Annotated[bool, Query(description="true: only deleted (blacklisted) members")] = False,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
-) -> Response:
-    await book.get_list(tenant.tenant_id, list_id)
-    query = ContactQuery(list_id=list_id, deleted=deleted)
-    return _page(*book.search(tenant.tenant_id, query, limit=limit, cursor=cursor))
-
-
-@router.put(
-    "/lists/{list_id}/members/{contact_id}",
-    tags=["lists"],
-    summary="Add one contact to a list (idempotent)",
-    response_model=Contact,
-)
-async def add_member(
-    list_id: ListId, contact_id: ContactId, tenant: CurrentTenant, book: Book, cause: RequestCause
-) -> Contact:
-    outcome = await book.set_membership(tenant.tenant_id, list_id, [contact_id], member=True, cause=cause)
-    if outcome.not_found:
-        raise ContactNotFound("contact not found")
-    return contact_out(await book.get(tenant.tenant_id, contact_id))
-
-
-@router.delete(
-    "/lists/{list_id}/members/{contact_id}",
-    tags=["lists"],
-    summary="Remove one contact from a list (idempotent)",
-    response_model=Contact,
-)
-async def remove_member(
-    list_id: ListId, contact_id: ContactId, tenant: CurrentTenant, book: Book, cause: RequestCause
-) -> Contact:
-    outcome = await book.set_membership(tenant.tenant_id, list_id, [contact_id], member=False, cause=cause)
-    if outcome.not_found:
-        raise ContactNotFound("contact not found")
-    return contact_out(await book.get(tenant.tenant_id, contact_id))
-
-
-@router.post(
-    "/lists/{list_id}/members",
-    tags=["lists"],
-    summary="Add up to 1,000 contacts to a list at once",
-    response_model=BulkResult,
-)
-async def add_members(
-    list_id: ListId, body: MembersIn, tenant: CurrentTenant, book: Book, cause: RequestCause
-) -> BulkResult:
-    outcome = await book.set_membership(tenant.tenant_id, list_id, body.contact_ids, member=True, cause=cause)
-    return BulkResult(changed=outcome.changed, unchanged=outcome.unchanged, not_found=outcome.not_found)
-
-
-@router.post(
-    "/lists/{list_id}/members/remove",
-    tags=["lists"],
-    summary="Remove up to 1,000 contacts from a list at once",
-    response_model=BulkResult,
-)
-async def remove_members(
-    list_id: ListId, body: MembersIn, tenant: CurrentTenant, book: Book, cause: RequestCause
-) -> BulkResult:
-    outcome = await book.set_membership(tenant.tenant_id, list_id, body.contact_ids, member=False, cause=cause)
-    return BulkResult(changed=outcome.changed, unchanged=outcome.unchanged, not_found=outcome.not_found)

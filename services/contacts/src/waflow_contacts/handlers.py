@@ -34,6 +34,6 @@ def subscribe(inbound: Consumer, conversation: Consumer, book: ContactBook, *, c
             identity = Identity(chat.wa_id, chat.user_id, chat.phone_e164)
             await book.ensure(event.tenant_id, identity, Cause(event.correlation_id, event.event_id))
 
-    # Batched: one commit per batch, different customers side by side (each contact changes under its own lock).
+    # Batched: one commit per batch, different customers side by side (each contact changes by compare-and-set).
     inbound.subscribe_batched(topics.INBOUND, inbound_adapter, on_inbound, concurrency=concurrency)
     conversation.subscribe_batched(topics.CONVERSATION, conversation_adapter, on_conversation, concurrency=concurrency)

@@ -1,20 +1,25 @@
-"""Contacts: builds settings, MongoDB, the contact book and its directory, Kafka, and the FastAPI app."""
+"""Contacts: builds settings, MongoDB, the contact book, the outbox relay, Kafka, and the FastAPI app."""
 
 from __future__ import annotations
 
-import gc
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from faststream.kafka import KafkaBroker
 from pydantic import Field
+from pymongo import AsyncMongoClient
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
-from waflow_common.locks import KeyedLocks
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
+from waflow_common.outbox import OutboxRelay
 from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
@@ -22,10 +27,10 @@ from waflow_common.tenants import TenantRegistry
 
 from waflow_contacts import handlers
 from waflow_contacts.api import ContactsContext, install_rule_errors, router
+from waflow_contacts.api_lists import lists_router
 from waflow_contacts.book import ContactBook
-from waflow_contacts.relay import ContactOutboxRelay
-from waflow_contacts.repository import ContactRepository
-from waflow_contacts.search import ContactDirectory
+from waflow_contacts.lists import StaticLists
+from waflow_contacts.repository import CONTACTS, ContactRepository
 
 
 class ContactsSettings(CommonSettings):
@@ -36,45 +41,74 @@ class ContactsSettings(CommonSettings):
     contacts_consume: bool = True
     # Records of different customers applied side by side (one customer's records always in order).
     contacts_consumer_concurrency: int = Field(default=16, ge=1, le=256)
+    # Events parked longer than this by an instance that died are published by whichever instance rescans.
+    contacts_outbox_orphan_seconds: float = Field(default=10.0, gt=0)
+    contacts_outbox_rescan_seconds: float = Field(default=5.0, gt=0)
+
+
+@dataclass(frozen=True)
+class ContactsCore:
+    """What every contacts process is made of, whatever serves it (the app here; the race test's workers)."""
+
+    mongo: AsyncMongoClient[dict[str, Any]]
+    repository: ContactRepository
+    broker: KafkaBroker
+    relay: OutboxRelay
+    book: ContactBook
+    lists: StaticLists
+
+
+def build_core(
+    settings: ContactsSettings, *, clock: Clock = utcnow, client_id: str = "waflow-contacts"
+) -> ContactsCore:
+    broker = make_broker(settings, client_id=client_id)
+    mongo = make_mongo_client(settings)
+    repository = ContactRepository(service_database(mongo, settings, "waflow_contacts"))
+    relay = OutboxRelay(
+        {CONTACTS: repository.contacts},
+        EventPublisher(broker, settings),
+        repository.leases,
+        name="contacts-outbox",
+        rescan_seconds=settings.contacts_outbox_rescan_seconds,
+        orphan_seconds=settings.contacts_outbox_orphan_seconds,
+    )
+    book = ContactBook(repository, relay.notify, clock)
+    return ContactsCore(mongo, repository, broker, relay, book, StaticLists(repository, book))
 
 
 def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcnow) -> FastAPI:
     settings = settings or ContactsSettings()
-    broker = make_broker(settings, client_id="waflow-contacts")
     registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
-    mongo = make_mongo_client(settings)
-    repository = ContactRepository(service_database(mongo, settings, "waflow_contacts"))
-    locks = KeyedLocks()
-    relay = ContactOutboxRelay(repository, EventPublisher(broker, settings), locks)
-    book = ContactBook(repository, ContactDirectory(), locks, relay.notify, clock)
+    core = build_core(settings, clock=clock)
     if settings.contacts_consume:
         handlers.subscribe(
-            Consumer(broker, settings, group_id=handlers.GROUP_ID),
-            Consumer(broker, settings, group_id=handlers.CONVERSATION_GROUP_ID),
-            book,
+            Consumer(core.broker, settings, group_id=handlers.GROUP_ID),
+            Consumer(core.broker, settings, group_id=handlers.CONVERSATION_GROUP_ID),
+            core.book,
             concurrency=settings.contacts_consumer_concurrency,
         )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await book.load()  # before consuming: the directory must know every contact a handler may change
-        # The directory is ~10 objects per contact that live as long as the process: keeping them out of the
-        # collector's generations avoids full collections of a million objects (100+ ms pauses at 100k contacts).
-        gc.freeze()
+        await core.repository.ensure_indexes()
         await registry.start()
-        await broker.start()
+        await core.broker.start()
         if settings.contacts_relay_enabled:
-            relay.start()
+            core.relay.start()
+        sweeps = asyncio.create_task(core.lists.run_sweeps(), name="contacts-list-sweep")
         try:
             yield
         finally:
-            await relay.stop()
-            await broker.stop()
+            sweeps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeps
+            await core.relay.stop()
+            await core.broker.stop()
             await registry.stop()
-            await mongo.close()
+            await core.mongo.close()
 
     async def ready(_: Request) -> dict[str, bool]:
-        return {"kafka": await kafka_reachable(settings), "mongodb": await mongo_reachable(mongo)}
+        return {"kafka": await kafka_reachable(settings), "mongodb": await mongo_reachable(core.mongo)}
 
     app = FastAPI(
         title="waflow contacts",
@@ -86,11 +120,12 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
         ),
         lifespan=lifespan,
     )
-    app.state.contacts = ContactsContext(registry=registry, book=book)
+    app.state.contacts = ContactsContext(registry=registry, book=core.book, lists=core.lists)
     install_error_handlers(app)
     install_rule_errors(app)
     install_correlation(app)
     app.include_router(router)
+    app.include_router(lists_router)
     app.include_router(health_router(ready))
     return app
 
@@ -99,4 +134,10 @@ def run() -> None:
     settings = ContactsSettings()
     configure_logging(settings.log_level)
     tune_garbage_collector()
-    uvicorn.run(create_app(settings), host=settings.contacts_host, port=settings.contacts_port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.contacts_host,
+        port=settings.contacts_port,
+        log_config=None,
+        access_log=False,
+    )

@@ -1,48 +1,36 @@
-"""The in-memory contact directory that answers listing, search, filters and counts.
+"""Listing, search and filters as MongoDB queries: each contact stores its sort key and normalised search keys.
 
-Why in memory: FerretDB v1 on SQLite pushes only an exact `_id` filter down to SQLite. Every other find
-(indexed or not, regex or equality) reads and decodes every document of the collection: about 8 s for 110k
-contacts on our 2 cores (bench/contacts measures it). So MongoDB stays the source of truth, read and written
-by `_id` only, and this directory holds what a listing needs (sort key, folded name, digits, tags, lists, deleted,
-and the contact's JSON), built from the stored contacts at start and updated after every stored change.
+Search is by prefix over `search_keys`, an array kept on the contact at every write (`keys_of`):
+- the folded text (lowercase, accents stripped, see domain.search_text) of the agent's name and of the WhatsApp
+  profile name from each word on ("jose maria ruiz" → "jose maria ruiz", "maria ruiz", "ruiz"), so a query
+  matches any run of words starting at a word boundary;
+- every suffix of the wa_id's digits, so a prefix of a suffix is any run of digits inside the number.
+A query's folded text and (when it reads like a phone number) its digits are each a key range
+`{"$gte": p, "$lt": p + "\\uffff"}`, matched with `$elemMatch` so one element carries both bounds and the
+(tenant_id, deleted, search_keys) index answers it. The order is (name_key, _id), a compound index starting
+with the tenant; the cursor is the last contact's (name_key, contact_id).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import bisect
-import heapq
-import itertools
 import json
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from waflow_common.events.contacts import ContactSnapshot
 
-from waflow_contacts.domain import haystack, phone_query_digits, search_text, sort_key
+from waflow_contacts.domain import phone_query_digits, search_text, sort_key
 
 OrderKey = tuple[str, str]
+Filter = dict[str, Any]
+
+KEY_END = "\uffff"
 
 
 class InvalidCursor(ValueError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    contact_id: str
-    order: OrderKey
-    text: str
-    digits: str
-    tags: frozenset[str]
-    lists: frozenset[str]
-    deleted: bool
-    version: int
-    # The contact as the API shows it: a listing page is answered from memory, with no read per contact
-    # (each read by _id costs a table scan on FerretDB v1, see repository.py).
-    json: bytes
 
 
 @dataclass(frozen=True)
@@ -53,55 +41,23 @@ class ContactQuery:
     deleted: bool = False
 
 
-@dataclass(frozen=True)
-class _Haystack:
-    """Every contact's searchable text on one line, in listing order: one C-level `str.find` walks a tenant."""
-
-    text: str
-    starts: list[int]
-
-    @classmethod
-    def build(cls, tenant: _Tenant) -> _Haystack:
-        # One line per contact: the name/profile separator must not be a line break.
-        lines = [
-            f"{tenant.entries[c].text.replace(chr(10), chr(1))}\t{tenant.entries[c].digits}" for _, c in tenant.order
-        ]
-        starts = [0]
-        for line in lines:
-            starts.append(starts[-1] + len(line) + 1)
-        return cls("\n".join(lines), starts)
-
-    def lines_with(self, needle: str, first_line: int) -> Iterator[int]:
-        """Indexes (into the listing order) of the lines that contain `needle`, in order."""
-        position = self.starts[first_line]
-        while (found := self.text.find(needle, position)) >= 0:
-            line = bisect.bisect_right(self.starts, found) - 1
-            yield line
-            position = self.starts[line + 1]
+def word_suffixes(text: str) -> list[str]:
+    words = text.split(" ") if text else []
+    return [" ".join(words[i:]) for i in range(len(words))]
 
 
-@dataclass
-class _Tenant:
-    haystack: _Haystack | None = None
-    sorted_members: dict[tuple[str, str], list[OrderKey]] = field(default_factory=dict)
-    entries: dict[str, Entry] = field(default_factory=dict)
-    order: list[OrderKey] = field(default_factory=list)
-    by_tag: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    by_list: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+def keys_of(contact: ContactSnapshot) -> list[str]:
+    """What a search matches against: word runs of both names, and every run of the number's digits."""
+    keys: dict[str, None] = {}
+    for name in (contact.name, contact.profile_name):
+        keys.update(dict.fromkeys(word_suffixes(search_text(name))))
+    digits = contact.wa_id
+    keys.update(dict.fromkeys(digits[i:] for i in range(len(digits))))
+    return list(keys)
 
 
-def entry_for(contact: ContactSnapshot) -> Entry:
-    return Entry(
-        contact_id=contact.contact_id,
-        order=(sort_key(contact), contact.contact_id),
-        text=haystack(contact),
-        digits=contact.wa_id,
-        tags=frozenset(contact.tags),
-        lists=frozenset(r.list_id for r in contact.lists),
-        deleted=contact.deleted,
-        version=contact.version,
-        json=contact.model_dump_json().encode(),
-    )
+def order_of(contact: ContactSnapshot) -> OrderKey:
+    return (sort_key(contact), contact.contact_id)
 
 
 def encode_cursor(order: OrderKey) -> str:
@@ -118,123 +74,33 @@ def decode_cursor(cursor: str) -> OrderKey:
     return (raw[0], raw[1])
 
 
-class ContactDirectory:
-    """Per tenant: entries by id, one sorted order (stable: sort key, then id), and tag/list memberships."""
+def prefixes(search: str) -> list[str] | None:
+    """The key prefixes a search stands for (any of them matches), or None when it can match nothing."""
+    text = search_text(search)
+    digits = phone_query_digits(search)
+    found = [p for p in dict.fromkeys((text, digits)) if p]
+    return found or None
 
-    def __init__(self) -> None:
-        self._tenants: defaultdict[str, _Tenant] = defaultdict(_Tenant)
 
-    def load(self, tenant_id: str, contacts: Iterable[ContactSnapshot]) -> None:
-        tenant = self._tenants[tenant_id]
-        for contact in contacts:
-            self._put(tenant, entry_for(contact), sort=False)
-        tenant.order.sort()
-        tenant.haystack = _Haystack.build(tenant)  # so the first search after a start is not the slow one
+def filters(tenant_id: str, query: ContactQuery) -> list[Filter] | None:
+    """One filter per search prefix (one without a search); a contact matches when any of them does."""
+    base: Filter = {"tenant_id": tenant_id, "deleted": query.deleted}
+    if query.tags:
+        base["tags"] = {"$all": list(query.tags)} if len(query.tags) > 1 else query.tags[0]
+    if query.list_id is not None:
+        base["lists.list_id"] = query.list_id
+    if not query.search:
+        return [base]
+    found = prefixes(query.search)
+    if found is None:
+        return None
+    return [base | {"search_keys": {"$elemMatch": {"$gte": p, "$lt": p + KEY_END}}} for p in found]
 
-    def put(self, tenant_id: str, contact: ContactSnapshot) -> None:
-        self._put(self._tenants[tenant_id], entry_for(contact), sort=True)
 
-    def _put(self, tenant: _Tenant, entry: Entry, *, sort: bool) -> None:
-        old = tenant.entries.get(entry.contact_id)
-        if old is not None and old.version >= entry.version:
-            return
-        tenant.haystack = None  # rebuilt by the next search
-        tenant.sorted_members.clear()
-        if old is not None:
-            if sort:
-                del tenant.order[bisect.bisect_left(tenant.order, old.order)]
-            else:
-                tenant.order.remove(old.order)
-            for tag in old.tags - entry.tags:
-                tenant.by_tag[tag].discard(entry.contact_id)
-            for list_id in old.lists - entry.lists:
-                tenant.by_list[list_id].discard(entry.contact_id)
-        tenant.entries[entry.contact_id] = entry
-        if sort:
-            bisect.insort(tenant.order, entry.order)
-        else:
-            tenant.order.append(entry.order)
-        for tag in entry.tags:
-            tenant.by_tag[tag].add(entry.contact_id)
-        for list_id in entry.lists:
-            tenant.by_list[list_id].add(entry.contact_id)
-
-    def page(self, tenant_id: str, query: ContactQuery, *, limit: int, after: OrderKey | None) -> list[str]:
-        """Up to `limit` contact ids in the stable order, after the cursor's position."""
-        tenant = self._tenants.get(tenant_id)
-        if tenant is None:
-            return []
-        text = search_text(query.search) if query.search else ""
-        digits = phone_query_digits(query.search) if query.search else None
-        if query.search and not text and not digits:
-            return []
-
-        def matches(entry: Entry) -> bool:
-            if entry.deleted != query.deleted:
-                return False
-            if query.tags and not entry.tags.issuperset(query.tags):
-                return False
-            if query.list_id is not None and query.list_id not in entry.lists:
-                return False
-            if query.search:
-                return bool((text and text in entry.text) or (digits and digits in entry.digits))
-            return True
-
-        narrowest = self._narrowest(tenant, query)
-        entries = tenant.entries
-        start = 0 if after is None else bisect.bisect_right(tenant.order, after)
-        ordered: Iterable[OrderKey]
-        if narrowest is not None and len(narrowest[1]) * 2 < len(tenant.order):
-            # A tag or list much smaller than the tenant: walk its members, in order (sorted once per change).
-            key, members = narrowest
-            in_order = tenant.sorted_members.get(key)
-            if in_order is None:
-                in_order = tenant.sorted_members[key] = sorted(entries[c].order for c in members)
-            first = 0 if after is None else bisect.bisect_right(in_order, after)
-            ordered = itertools.islice(in_order, first, None)
-        elif query.search:
-            if tenant.haystack is None:
-                tenant.haystack = _Haystack.build(tenant)
-            haystack = tenant.haystack
-            needles = [n for n in dict.fromkeys((text, digits)) if n]
-            lines = heapq.merge(*(haystack.lines_with(n, start) for n in needles))
-            ordered = (tenant.order[i] for i, _ in itertools.groupby(lines))
-        else:
-            ordered = itertools.islice(tenant.order, start, None)
-        out: list[str] = []
-        for _, contact_id in ordered:
-            if matches(entries[contact_id]):
-                out.append(contact_id)
-                if len(out) == limit:
-                    break
-        return out
-
-    def _narrowest(self, tenant: _Tenant, query: ContactQuery) -> tuple[tuple[str, str], set[str]] | None:
-        sets = [(("tag", t), tenant.by_tag.get(t, set())) for t in query.tags]
-        if query.list_id is not None:
-            sets.append((("list", query.list_id), tenant.by_list.get(query.list_id, set())))
-        return min(sets, key=lambda s: len(s[1])) if sets else None
-
-    def json_of(self, tenant_id: str, contact_id: str) -> bytes:
-        return self._tenants[tenant_id].entries[contact_id].json
-
-    def order_of(self, tenant_id: str, contact_id: str) -> OrderKey | None:
-        entry = self._tenants[tenant_id].entries.get(contact_id)
-        return entry.order if entry else None
-
-    def tag_counts(self, tenant_id: str) -> dict[str, int]:
-        """Contacts per tag, deleted contacts not counted (they are out of the normal listing)."""
-        tenant = self._tenants[tenant_id]
-        counts = {tag: sum(1 for c in ids if not tenant.entries[c].deleted) for tag, ids in tenant.by_tag.items()}
-        return {tag: n for tag, n in sorted(counts.items()) if n}
-
-    def list_members(self, tenant_id: str, list_id: str) -> set[str]:
-        return set(self._tenants[tenant_id].by_list.get(list_id, ()))
-
-    def member_count(self, tenant_id: str, list_id: str) -> int:
-        """Members the list's normal listing shows (deleted contacts are not counted)."""
-        tenant = self._tenants[tenant_id]
-        return sum(1 for c in tenant.by_list.get(list_id, ()) if not tenant.entries[c].deleted)
-
-    def size(self, tenant_id: str) -> int:
-        return len(self._tenants[tenant_id].entries)
+def after(filter_: Filter, cursor: OrderKey | None, doc_id: str | None) -> Filter:
+    """`filter_` restricted to contacts after the cursor in (name_key, _id) order."""
+    if cursor is None or doc_id is None:
+        return filter_
+    name_key, _ = cursor
+    # A range on the sort key's first field (an index bound), and the ties up to the cursor left out.
+    return filter_ | {"name_key": {"$gte": name_key}, "$nor": [{"name_key": name_key, "_id": {"$lte": doc_id}}]}

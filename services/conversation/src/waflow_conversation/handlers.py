@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import Counter
 from pydantic import TypeAdapter
+from pymongo.errors import PyMongoError
 from waflow_common import topics
 from waflow_common.events.contacts import ContactChangedEvent
 from waflow_common.events.envelope import Clock
@@ -24,6 +25,7 @@ from waflow_common.events.inbound import (
 )
 from waflow_common.events.outbound import OutboundResult, SendAcceptedEvent, outbound_result_adapter
 from waflow_common.kafka import TRANSIENT_ERRORS, Consumer
+from waflow_common.leases import Leases, run_leased
 from waflow_common.tenants import TenantRegistry
 
 from waflow_conversation.repository import Cause, ChatRepository
@@ -37,6 +39,7 @@ WINDOW_EVENTS = Counter("waflow_conversation_window_announcements_total", "windo
 contact_adapter: TypeAdapter[ContactChangedEvent] = TypeAdapter(ContactChangedEvent)
 
 GROUP_ID = "conversation"
+SWEEP_RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PyMongoError)
 
 
 class MissingTenant(ValueError):
@@ -108,7 +111,13 @@ class ConversationHandlers:
 
 
 class WindowSweeper:
-    """Finds windows about to close or closed (no TTL indexes on our server) and announces them."""
+    """Finds windows about to close or closed (by the chats' `window_due` index) and announces them.
+
+    Runs under a lease (waflow_common.leases), so one instance sweeps at a time; each announcement is also claimed
+    by a conditional update (see ChatActivity.sweep_windows), so even two sweeps at once announce it once.
+    """
+
+    LEASE = "conversation-window-sweep"
 
     def __init__(
         self,
@@ -117,11 +126,13 @@ class WindowSweeper:
         clock: Clock,
         *,
         interval_seconds: float,
+        leases: Leases | None = None,
     ) -> None:
         self._chats = chats
         self._registry = registry
         self._clock = clock
         self._interval = interval_seconds
+        self._leases = leases
         self._task: asyncio.Task[None] | None = None
 
     async def sweep_once(self) -> int:
@@ -135,10 +146,13 @@ class WindowSweeper:
         return announced
 
     async def run(self) -> None:
+        if self._leases is not None:
+            await run_leased(self._leases, self.LEASE, self.sweep_once, every=self._interval, retryable=SWEEP_RETRYABLE)
+            return
         while True:
             try:
                 await self.sweep_once()
-            except TRANSIENT_ERRORS as exc:
+            except SWEEP_RETRYABLE as exc:
                 log.warning("window sweep failed; will retry", extra={"error": repr(exc)})
             await asyncio.sleep(self._interval)
 

@@ -12,6 +12,7 @@ from pydantic import Field
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
+from waflow_common.leases import Leases
 from waflow_common.logs import configure_logging
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
@@ -21,11 +22,11 @@ from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
 from waflow_conversation.api import ConversationContext, install_domain_errors, router
+from waflow_conversation.api_notes import notes_router
 from waflow_conversation.handlers import GROUP_ID, ConversationHandlers, WindowSweeper
 from waflow_conversation.repository import ChatRepository, Collections
 from waflow_conversation.repository_messages import MessageRepository
 from waflow_conversation.repository_notes import NoteRepository
-from waflow_conversation.timeline_index import TimelineIndex
 
 DATABASE = "waflow_conversation"
 
@@ -52,12 +53,12 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
     mongo = make_mongo_client(settings)
     collections = Collections(service_database(mongo, settings, DATABASE))
-    relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings), name="conversation")
-    index = TimelineIndex()
+    leases = Leases(collections.leases)
+    relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings), leases, name="conversation")
     chats = ChatRepository(collections, clock, relay.notify, _numbers(registry))
-    messages = MessageRepository(collections, chats, clock, relay.notify, index)
-    notes = NoteRepository(collections, clock, relay.notify, index)
-    sweeper = WindowSweeper(chats, registry, clock, interval_seconds=settings.conversation_sweep_seconds)
+    messages = MessageRepository(collections, chats, clock, relay.notify)
+    notes = NoteRepository(collections, clock, relay.notify)
+    sweeper = WindowSweeper(chats, registry, clock, interval_seconds=settings.conversation_sweep_seconds, leases=leases)
     handlers = ConversationHandlers(chats, messages)
     handlers.subscribe(
         Consumer(broker, settings, group_id=GROUP_ID), concurrency=settings.conversation_consumer_concurrency
@@ -65,9 +66,7 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await collections.create_indexes()
-        await chats.load()
-        await messages.load_index()
+        await collections.create_indexes()  # reads no documents: start-up time does not grow with the data
         await registry.start()
         await broker.start()
         relay.start()
@@ -106,6 +105,7 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     install_domain_errors(app)
     install_correlation(app)
     app.include_router(router)
+    app.include_router(notes_router)
     app.include_router(health_router(ready))
     return app
 
@@ -114,4 +114,10 @@ def run() -> None:
     settings = ConversationSettings()
     configure_logging(settings.log_level)
     tune_garbage_collector()
-    uvicorn.run(create_app(settings), host=settings.conversation_host, port=settings.conversation_port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.conversation_host,
+        port=settings.conversation_port,
+        log_config=None,
+        access_log=False,
+    )

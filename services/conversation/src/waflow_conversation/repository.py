@@ -1,18 +1,9 @@
-"""Chats in MongoDB: creation, the contacts projection, read state; inbound messages' effect on a chat and the
-window sweep are in repository_inbound.py, the shared basics in repository_base.py.
+"""Chats in MongoDB: creation, the chat list, the contacts projection, read state; inbound messages' effect on a
+chat and the window sweep are in repository_inbound.py, the shared basics (and the design) in repository_base.py.
 
-Designed around FerretDB v1 on SQLite, as measured: only a filter that is exactly `{"_id": ...}` reaches
-SQLite's index (`find_one` by `_id` takes ~1 ms at 20k documents; the same filter plus `tenant_id` reads the
-whole collection: ~120 ms at 5k), and an update is read-modify-write without isolation (40 concurrent `$inc`
-end at 7). So:
-- every document's `_id` is `<tenant_id>:<public id>` (`key`): a single-document read or write names only that
-  `_id`, and another tenant's id simply does not exist;
-- every write to a document holds that document's lock (`Collections.hold`), reads it, decides in Python with
-  the domain rules and writes it back, so no two writers in this process ever lose an update;
-- every chat is also kept in memory (`ChatIndex`), written beside the document under the same lock, so the chat
-  list, the window sweep and the inbound path read no chats from the server; scans are left to notes.
-Nothing relies on multi-document transactions; an event that must accompany a change rides in the same
-document's outbox (see waflow_common.outbox). The notes index serves MongoDB proper.
+Every instance reads and writes the database only: a chat is read by `_id`, the list is a query on an index that
+starts with `tenant_id`, and a write that depends on what it read (read state, an inbound message's effect) is
+conditional on the chat's `version` (`unchanged`); a miss reads the chat again and decides again.
 """
 
 from __future__ import annotations
@@ -36,20 +27,24 @@ from waflow_common.events.envelope import Clock, derived_event_id
 from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
-from waflow_conversation.chat_index import ChatFilter, ChatIndex, matcher
 from waflow_conversation.repository_base import (
     APPLIED_KEEP,
+    CHAT_ORDER,
+    NOT_LISTED,
     Cause,
+    ChatFilter,
     ChatNotFound,
     Collections,
     Document,
     MessageNotFound,
     Page,
     Parked,
+    chat_query,
     contact_view,
     key,
     next_cursor,
     page_filter,
+    unchanged,
 )
 from waflow_conversation.repository_inbound import ChatActivity
 
@@ -57,6 +52,7 @@ from waflow_conversation.repository_inbound import ChatActivity
 __all__ = [
     "APPLIED_KEEP",
     "Cause",
+    "ChatFilter",
     "ChatNotFound",
     "ChatRepository",
     "Collections",
@@ -71,6 +67,13 @@ __all__ = [
     "page_filter",
 ]
 
+# A write conditional on what was read is tried again this many times before the conflict is raised.
+ATTEMPTS = 50
+
+
+class ChatConflict(RuntimeError):
+    """A chat kept changing under a conditional write (never expected: writers of one chat are few)."""
+
 
 class ChatRepository(ChatActivity):
     def __init__(
@@ -80,67 +83,30 @@ class ChatRepository(ChatActivity):
         self._clock = clock
         self._parked = parked
         self._numbers = numbers  # a tenant's phone_number_ids: a customer has one chat per number
-        self._index = ChatIndex()
         self._links = CustomerLinks(collections.customer_links)
-        # Chats whose last write failed: it may or may not have happened, so they are read again before use.
-        self._unsure: set[str] = set()
 
-    async def load(self) -> None:
-        """Reads every chat once (at start) into memory."""
-        async for chat in self._c.chats.find({}, {"outbox": 0}):
-            self._index.put(chat)
-
-    # --- the kept copy ------------------------------------------------------------------------------------
-    async def _held(self, chat_key: str) -> Document | None:
-        """The chat as it is now; the caller holds its lock. Read from the server only when not kept or unsure."""
-        chat = self._index.get(chat_key)
-        if chat is not None and chat_key not in self._unsure:
-            return chat
-        chat = await self._c.chats.find_one({"_id": chat_key}, {"outbox": 0})
-        self._unsure.discard(chat_key)
-        if chat is None:
-            self._index.drop(chat_key)
-            return None
-        return self._index.put(chat)
-
-    async def _write(self, chat_key: str, update: Document, sets: Document) -> Document:
-        """Updates one chat (its lock held, its `$set` being `sets`) and keeps the result."""
-        try:
-            await self._c.chats.update_one({"_id": chat_key}, update)
-        except BaseException:
-            self._unsure.add(chat_key)
-            raise
-        return self._index.update(chat_key, sets)
+    async def _read(self, chat_key: str) -> Document | None:
+        return await self._c.chats.find_one({"_id": chat_key}, {"outbox": 0})
 
     async def _existing(self, chat_key: str, chat_id: str) -> Document:
-        chat = await self._held(chat_key)
+        chat = await self._read(chat_key)
         if chat is None:
             raise ChatNotFound(chat_id)
         return chat
 
-    async def _settle(self) -> None:
-        """Reads again the chats a failed write left unsure, so a list shows what the server holds."""
-        for chat_key in list(self._unsure):
-            async with self._c.hold("chats", chat_key):
-                await self._held(chat_key)
-
     # --- reading ------------------------------------------------------------------------------------------
     async def get(self, tenant_id: str, chat_id: str) -> Document:
-        chat_key = key(tenant_id, chat_id)
-        chat = self._index.get(chat_key)
-        if chat is None or chat_key in self._unsure:
-            async with self._c.hold("chats", chat_key):
-                chat = await self._held(chat_key)
+        chat = await self._c.chats.find_one({"_id": key(tenant_id, chat_id)}, NOT_LISTED)
         if chat is None:
             raise ChatNotFound(chat_id)
         return chat
 
     async def page(self, tenant_id: str, filters: ChatFilter, cursor: str | None, limit: int) -> Page:
         """Newest activity first, filtered; the cursor resumes strictly after the last chat returned."""
-        after = domain.decode_cursor(cursor) if cursor is not None else None
-        await self._settle()
-        items, resume = self._index.page(tenant_id, matcher(filters), after, limit)
-        return Page(items, domain.encode_cursor(*resume) if resume is not None else None)
+        query = page_filter(chat_query(tenant_id, filters), cursor, "last_activity_at")
+        docs = await self._c.chats.find(query, NOT_LISTED).sort(CHAT_ORDER).limit(limit + 1).to_list()
+        items, resume = next_cursor(docs, limit, "last_activity_at")
+        return Page(items, resume)
 
     async def contact(self, tenant_id: str, customer: str) -> Document | None:
         """The contacts projection's copy of a customer (`customer` as `customer_of` gives it)."""
@@ -151,9 +117,12 @@ class ChatRepository(ChatActivity):
         """Whether something is kept under this id: chats and contacts made before links were kept are found so."""
 
         async def known(identity: str) -> bool:
-            for phone_number_id in self._numbers(tenant_id):
-                if self._index.get(key(tenant_id, domain.chat_id_for(tenant_id, phone_number_id, identity))):
-                    return True
+            chat_keys = [
+                key(tenant_id, domain.chat_id_for(tenant_id, phone_number_id, identity))
+                for phone_number_id in self._numbers(tenant_id)
+            ]
+            if chat_keys and await self._c.chats.find_one({"_id": {"$in": chat_keys}}, {"_id": 1}):
+                return True
             return await self.contact(tenant_id, identity) is not None
 
         return known
@@ -168,24 +137,16 @@ class ChatRepository(ChatActivity):
         return await self._links.resolve_ids(tenant_id, phone.wa_ids, phone.wa_id, known=self._known(tenant_id))
 
     # --- creating ---------------------------------------------------------------------------------------------
-    async def _create(self, chat: Document) -> Document | None:
-        """Inserts a new chat (its lock held) and keeps it; None if it existed already (it is read again)."""
-        try:
-            await self._c.chats.insert_one(chat)
-        except BaseException as exc:
-            self._unsure.add(chat["_id"])
-            if isinstance(exc, DuplicateKeyError):
-                return None
-            raise
-        return self._index.put(chat)
-
     async def open_by_phone(
         self, tenant_id: str, phone_number_id: str, customer: str, phone: PhoneNumber, opened_by: str
     ) -> tuple[Document, bool]:
         """An agent starts a chat with `customer` (`customer_for_phone`): returns (chat, created); a new one
-        announces chat.opened in its outbox."""
+        announces chat.opened in its outbox (the unique `_id` decides who creates it)."""
         chat_id = domain.chat_id_for(tenant_id, phone_number_id, customer)
         chat_key = key(tenant_id, chat_id)
+        existing = await self._read(chat_key)
+        if existing is not None:
+            return existing, False
         # The wa_id the customer was seen with, if they were; a BSUID-first customer keeps their BSUID.
         wa_id, user_id = (phone.wa_id, customer) if is_bsuid(customer) else (customer, None)
         now = self._clock()
@@ -202,16 +163,14 @@ class ChatRepository(ChatActivity):
             event_id=derived_event_id("chat.opened", tenant_id, chat_id),
             clock=lambda: now,
         )
-        async with self._c.hold("chats", chat_key):
-            existing = await self._held(chat_key)
-            if existing is not None:
-                return existing, False
-            new = await self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None, user_id, customer)
-            created = await self._create(new | {"outbox": [outbox_entry(event)]})
-            if created is None:
-                return await self._existing(chat_key, chat_id), False
+        new = await self._new_chat(tenant_id, chat_id, phone_number_id, wa_id, None, user_id, customer)
+        try:
+            await self._c.chats.insert_one(new | {"outbox": [outbox_entry(event)]})
+        except DuplicateKeyError:
+            return await self._existing(chat_key, chat_id), False
         self._parked("chats", chat_key)
-        return created, True
+        await self._after_create(tenant_id, chat_key, customer, new["contact_version"])
+        return await self.get(tenant_id, chat_id), True
 
     async def _new_chat(
         self,
@@ -223,8 +182,8 @@ class ChatRepository(ChatActivity):
         user_id: str | None = None,
         customer: str | None = None,
     ) -> Document:
-        """A chat about to be created (its lock held), showing the contact the projection holds: a contact change
-        that lands meanwhile waits for the lock and then finds the chat. It stores both of the customer's ids."""
+        """A chat about to be created, showing the contact the projection holds (`_after_create` looks again once
+        it is stored, so a contact change that lands meanwhile is never missed). It stores both of the ids."""
         now = domain.millis(self._clock())
         contact = await self.contact(tenant_id, customer or customer_id(wa_id, user_id))
         return {
@@ -241,7 +200,9 @@ class ChatRepository(ChatActivity):
             "last_activity_at": now,
             "last_message": None,
             "last_message_at": None,
+            "last_message_rev": 0,
             "unread_count": 0,
+            "has_unread": False,
             "manual_unread": False,
             "manual_unread_ids": [],
             "last_inbound_wamid": None,
@@ -250,44 +211,43 @@ class ChatRepository(ChatActivity):
             "window_expires_at": None,
             "window_state": "closed",
             "applied": [],
+            "version": 0,
             "outbox": [],
         }
 
+    async def _after_create(self, tenant_id: str, chat_key: str, customer: str, contact_version: int) -> None:
+        """A contact change stores the projection, then updates the chats that exist; a new chat is stored, then
+        reads the projection again: one of the two always sees the other."""
+        contact = await self.contact(tenant_id, customer)
+        if contact is not None and contact["version"] > contact_version:
+            await self._set_contact(chat_key, contact["view"], contact["version"])
+
     async def _set_contact(self, chat_key: str, view: Document, version: int) -> None:
-        async with self._c.hold("chats", chat_key):
-            chat = await self._held(chat_key)
-            if chat is not None and chat.get("contact_version", 0) < version:
-                sets = {"contact": view, "contact_version": version}
-                await self._write(chat_key, {"$set": sets}, sets)
+        await self._c.chats.update_one(
+            {"_id": chat_key, "contact_version": {"$lt": version}},
+            {"$set": {"contact": view, "contact_version": version}, "$inc": {"version": 1}},
+        )
 
     # --- the contacts projection ---------------------------------------------------------------------------
     async def apply_contact(self, tenant_id: str, snapshot: ContactSnapshot) -> None:
         """Keeps the highest version; chats of that customer get the same copy under the same rule.
 
-        Either order of "chat created" and "contact changed" ends with the chat showing the newest contact:
-        a new chat copies what the projection holds, and a contact change updates the chats that exist.
+        Either order of "chat created" and "contact changed" ends with the chat showing the newest contact
+        (see `_after_create`). Both writes are conditional on the version being newer, so a redelivered or
+        out-of-order snapshot changes nothing.
         """
         view = contact_view(snapshot)
         customer = await self.customer_of(tenant_id, snapshot.wa_id, snapshot.user_id)
         contact_key = key(tenant_id, customer)
-        async with self._c.hold("contacts", contact_key):
-            held = await self._c.contacts.find_one({"_id": contact_key})
-            if held is None:
-                with contextlib.suppress(DuplicateKeyError):
-                    await self._c.contacts.insert_one(
-                        {
-                            "_id": contact_key,
-                            "tenant_id": tenant_id,
-                            "wa_id": snapshot.wa_id,
-                            "user_id": snapshot.user_id,
-                            "version": snapshot.version,
-                            "view": view,
-                        }
-                    )
-            elif held["version"] < snapshot.version:
-                await self._c.contacts.update_one(
-                    {"_id": contact_key}, {"$set": {"version": snapshot.version, "view": view}}
-                )
+        with contextlib.suppress(DuplicateKeyError):  # the projection holds this version or a newer one already
+            await self._c.contacts.update_one(
+                {"_id": contact_key, "version": {"$lt": snapshot.version}},
+                {
+                    "$set": {"version": snapshot.version, "view": view},
+                    "$setOnInsert": {"tenant_id": tenant_id, "wa_id": snapshot.wa_id, "user_id": snapshot.user_id},
+                },
+                upsert=True,
+            )
         for phone_number_id in self._numbers(tenant_id):
             chat_id = domain.chat_id_for(tenant_id, phone_number_id, customer)
             await self._set_contact(key(tenant_id, chat_id), view, snapshot.version)
@@ -296,14 +256,14 @@ class ChatRepository(ChatActivity):
     async def mark_read(self, tenant_id: str, chat_id: str, read_by: str) -> Document:
         """Zero unread and announce chat.read with the newest inbound wamid (outbound sends the read receipt).
 
-        Under the chat's lock, so an inbound message counted at the same moment lands before or after, never
-        lost; a chat with nothing unread announces nothing.
+        Conditional on the chat's version, so an inbound message counted at the same moment lands before (and is
+        read) or after (and is unread), never lost; a chat with nothing unread announces nothing.
         """
         chat_key = key(tenant_id, chat_id)
-        async with self._c.hold("chats", chat_key):
+        for _ in range(ATTEMPTS):
             chat = await self._existing(chat_key, chat_id)
             if chat["unread_count"] == 0 and not chat.get("manual_unread"):
-                return chat
+                return await self.get(tenant_id, chat_id)
             event = ChatReadEvent.new(
                 tenant_id=tenant_id,
                 payload=ChatRead(
@@ -318,30 +278,30 @@ class ChatRepository(ChatActivity):
             )
             cleared = {
                 "unread_count": 0,
+                "has_unread": False,
                 "manual_unread": False,
                 "manual_unread_ids": [],
                 "read_at": domain.millis(self._clock()),
             }
-            await self._write(chat_key, {"$set": cleared, "$push": {"outbox": outbox_entry(event)}}, cleared)
+            update = {"$set": cleared, "$push": {"outbox": outbox_entry(event)}, "$inc": {"version": 1}}
+            if (await self._c.chats.update_one(unchanged(chat), update)).modified_count:
+                break
+        else:
+            raise ChatConflict(chat_id)
         self._parked("chats", chat_key)
-        for message_id in chat.get("manual_unread_ids", []):
-            message_key = key(tenant_id, message_id)
-            async with self._c.hold("messages", message_key):
-                await self._c.messages.update_one({"_id": message_key}, {"$set": {"manual_unread": False}})
+        marked = [key(tenant_id, message_id) for message_id in chat.get("manual_unread_ids", [])]
+        if marked:
+            await self._c.messages.update_many({"_id": {"$in": marked}}, {"$set": {"manual_unread": False}})
         return await self.get(tenant_id, chat_id)
 
     async def unread_chat_ids(self, tenant_id: str) -> list[str]:
-        await self._settle()
-        return [
-            chat["chat_id"]
-            for chat in self._index.tenant(tenant_id)
-            if chat["unread_count"] > 0 or chat.get("manual_unread")
-        ]
+        docs = self._c.chats.find({"tenant_id": tenant_id, "has_unread": True}, {"chat_id": 1})
+        return [doc["chat_id"] async for doc in docs]
 
     async def mark_unread(self, tenant_id: str, chat_id: str, message_id: str, marked_by: str) -> Document:
         """At least one unread, so the chat stays unread until someone reads it; announces chat.unread."""
         chat_key = key(tenant_id, chat_id)
-        async with self._c.hold("chats", chat_key):
+        for _ in range(ATTEMPTS):
             chat = await self._existing(chat_key, chat_id)
             count = max(chat["unread_count"], 1)
             event = ChatUnreadEvent.new(
@@ -357,8 +317,12 @@ class ChatRepository(ChatActivity):
                 clock=self._clock,
             )
             marked = [i for i in chat.get("manual_unread_ids", []) if i != message_id] + [message_id]
-            sets = {"unread_count": count, "manual_unread": True, "manual_unread_ids": marked}
-            await self._write(chat_key, {"$set": sets, "$push": {"outbox": outbox_entry(event)}}, sets)
+            sets = {"unread_count": count, "has_unread": True, "manual_unread": True, "manual_unread_ids": marked}
+            update = {"$set": sets, "$push": {"outbox": outbox_entry(event)}, "$inc": {"version": 1}}
+            if (await self._c.chats.update_one(unchanged(chat), update)).modified_count:
+                break
+        else:
+            raise ChatConflict(chat_id)
         self._parked("chats", chat_key)
         return await self.get(tenant_id, chat_id)
 

@@ -1,17 +1,19 @@
 """ChatRepository's inbound side: customers' messages counted on their chats (unread, preview, activity, the
 24-hour window and its announcements), an agent's message moving the preview, and the window sweep.
 
-A part of ChatRepository (repository.py), kept apart by topic: it works on the kept copy of each chat that the
-repository maintains (`_held`, `_write`, `_index`) under the same per-chat locks.
+A part of ChatRepository (repository.py), kept apart by topic. Counting is conditional on the chat's version
+(a writer that finds the chat changed reads it again), and the chat remembers the ids it counted (`applied`), so
+a message is counted once whichever instance applies it and however often. The sweep claims each announcement
+with a conditional update on the window's state and expiry: one sweeper wins, the others match nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from pymongo import InsertOne, UpdateOne
+from pymongo.errors import BulkWriteError
 from waflow_common.events.conversation import (
     WindowChanged,
     WindowClosedEvent,
@@ -23,30 +25,27 @@ from waflow_common.events.inbound import MessageReceived
 from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
-from waflow_conversation.chat_index import ChatIndex
-from waflow_conversation.repository_base import APPLIED_KEEP, Cause, Collections, Document, Parked, key
+from waflow_conversation.repository_base import (
+    APPLIED_KEEP,
+    Cause,
+    Collections,
+    Document,
+    Parked,
+    key,
+    unchanged,
+)
+
+DUPLICATE_KEY = 11000
+ATTEMPTS = 50
+Received = Sequence[tuple[str, MessageReceived, Cause | None]]
 
 
 class ChatActivity:
-    """Mixed into ChatRepository, which provides the state and the kept-copy primitives declared here."""
+    """Mixed into ChatRepository, which provides the state and the primitives declared here."""
 
     _c: Collections
     _clock: Clock
     _parked: Parked
-    _index: ChatIndex
-    _unsure: set[str]
-
-    async def _held(self, chat_key: str) -> Document | None:
-        raise NotImplementedError
-
-    async def _write(self, chat_key: str, update: Document, sets: Document) -> Document:
-        raise NotImplementedError
-
-    async def _existing(self, chat_key: str, chat_id: str) -> Document:
-        raise NotImplementedError
-
-    async def _settle(self) -> None:
-        raise NotImplementedError
 
     async def _new_chat(
         self,
@@ -60,88 +59,79 @@ class ChatActivity:
     ) -> Document:
         raise NotImplementedError
 
+    async def _after_create(self, tenant_id: str, chat_key: str, customer: str, contact_version: int) -> None:
+        raise NotImplementedError
+
     async def customer_of(self, tenant_id: str, wa_id: str, user_id: str | None = None) -> str:
         raise NotImplementedError
 
     # --- inbound messages ------------------------------------------------------------------------------------
-    async def apply_inbound(
-        self,
-        tenant_id: str,
-        chats: Sequence[tuple[str, Sequence[tuple[str, MessageReceived, Cause | None]]]],
-        *,
-        then: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
+    async def apply_inbound(self, tenant_id: str, chats: Sequence[tuple[str, Received]]) -> None:
         """Counts each message once, moves activity, preview and window; announces a window (re)opening.
 
         A customer's first message creates the chat with that message already counted (and the contact's copy
         from the projection), so no one ever sees a new chat without its first message or with its window shut.
         Each chat's messages (at most APPLIED_KEEP, so that all of them are still in `applied` when their records
-        are redelivered) are folded into one update, and the updates of all the chats go in one bulk write: each
-        update is a read-modify-write on FerretDB, and one command for many costs a third of one each.
-
-        `then` (storing the messages) runs after the chats are written and before anyone sees the new counts: the
-        chats stay locked and their new state is shown only once it returns, so a chat never lists a message that
-        its timeline does not have yet.
+        are redelivered) are folded into one update conditional on the version read, and the updates of all the
+        chats go in one bulk write. A chat another writer changed meanwhile matches nothing: every chat is read
+        again and what it has not counted yet is folded again, until every message is counted.
         """
         for _, received in chats:
             if len(received) > APPLIED_KEEP:
                 raise ValueError(f"at most {APPLIED_KEEP} messages per write, not {len(received)}")
-        chat_keys = sorted({key(tenant_id, chat_id) for chat_id, _ in chats})
-        parked: list[str] = []
-        try:
-            await self._apply_inbound(tenant_id, chats, chat_keys, parked, then)
-        finally:
-            for chat_key in parked:
-                self._parked("chats", chat_key)
-
-    async def _apply_inbound(
-        self,
-        tenant_id: str,
-        chats: Sequence[tuple[str, Sequence[tuple[str, MessageReceived, Cause | None]]]],
-        chat_keys: list[str],
-        parked: list[str],
-        then: Callable[[], Awaitable[None]] | None,
-    ) -> None:
-        async with contextlib.AsyncExitStack() as held:
-            for chat_key in chat_keys:  # one order for every multi-chat writer: no deadlock
-                await held.enter_async_context(self._c.hold("chats", chat_key))
+        pending = {key(tenant_id, chat_id): (chat_id, received) for chat_id, received in chats if received}
+        created: list[tuple[str, str, int]] = []
+        for _ in range(ATTEMPTS):
+            found = {
+                doc["_id"]: doc async for doc in self._c.chats.find({"_id": {"$in": list(pending)}}, {"outbox": 0})
+            }
             writes: list[InsertOne[Document] | UpdateOne] = []
-            states: dict[str, Document] = {}
-            for chat_id, received in chats:
-                chat_key = key(tenant_id, chat_id)
-                chat = await self._held(chat_key)
-                new = chat is None
+            parks: list[str] = []
+            news: list[tuple[str, str, int]] = []
+            for chat_key, (chat_id, received) in pending.items():
+                chat = found.get(chat_key)
                 if chat is None:
                     m = received[0][1]
-                    customer = await self.customer_of(tenant_id, m.wa_id, m.user_id)  # linked already: kept
+                    customer = await self.customer_of(tenant_id, m.wa_id, m.user_id)  # linked already
                     chat = await self._new_chat(
                         tenant_id, chat_id, m.phone_number_id, m.wa_id, m.profile_name, m.user_id, customer
                     )
+                    news.append((chat_key, customer, chat["contact_version"]))
                 folded = self._fold_inbound(chat, received)
                 if folded is None:
-                    continue  # every one of them was counted before
+                    continue  # every one of them is counted
                 update, state, announces = folded
-                if new:
+                if chat_key not in found:
                     outbox = update.get("$push", {}).get("outbox", {}).get("$each", [])
                     writes.append(InsertOne(state | {"outbox": outbox}))
                 else:
-                    writes.append(UpdateOne({"_id": chat_key}, update))
-                states[chat_key] = state
+                    update["$inc"] = update.get("$inc", {}) | {"version": 1}
+                    writes.append(UpdateOne(unchanged(chat), update))
                 if announces:
-                    parked.append(chat_key)
-            if writes:
-                try:
-                    await self._c.chats.bulk_write(writes, ordered=False)
-                except BaseException:
-                    # Some may be written: the next attempt reads those chats (and what they counted) again.
-                    self._unsure.update(chat_keys)
-                    raise
-            try:
-                if then is not None:
-                    await then()
-            finally:
-                for state in states.values():  # what the server holds now, whether or not `then` went through
-                    self._index.put(state)
+                    parks.append(chat_key)
+            if not writes:
+                break
+            done = await self._bulk(writes)
+            for chat_key in parks:
+                self._parked("chats", chat_key)  # harmless if that write lost: the relay finds nothing
+            created += news
+            if done:
+                break
+        else:
+            raise RuntimeError(f"chats kept changing while messages were counted: {sorted(pending)}")
+        for chat_key, customer, contact_version in created:
+            await self._after_create(tenant_id, chat_key, customer, contact_version)
+
+    async def _bulk(self, writes: list[InsertOne[Document] | UpdateOne]) -> bool:
+        """Whether every write went through (an insert beaten by another creator, or an update whose chat
+        changed, did not)."""
+        try:
+            result = await self._c.chats.bulk_write(writes, ordered=False)
+        except BulkWriteError as exc:
+            if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                raise
+            return False
+        return result.inserted_count + result.modified_count == len(writes)
 
     def _fold_inbound(
         self, chat: Document, received: Sequence[tuple[str, MessageReceived, Cause | None]]
@@ -199,10 +189,12 @@ class ChatActivity:
                 "at": at,
             }
             sets["last_message_at"] = at
+            sets["last_message_rev"] = 0
         if at > chat["last_activity_at"]:
             sets["last_activity_at"] = at
         if domain.counts_as_unread(m.content.type):
             inc["unread_count"] = 1
+            sets["has_unread"] = True
             if chat.get("last_inbound_at") is None or at >= chat["last_inbound_at"]:
                 sets["last_inbound_wamid"] = m.wamid
                 sets["last_inbound_at"] = at
@@ -257,74 +249,75 @@ class ChatActivity:
         )
 
     async def note_outbound(self, tenant_id: str, chat_id: str, last_message: Document) -> None:
-        """An agent's message moves the chat's activity and preview (never backwards)."""
+        """An agent's message moves the chat's activity and preview (never backwards: guarded in the filter)."""
         at: datetime = last_message["at"]
         chat_key = key(tenant_id, chat_id)
-        async with self._c.hold("chats", chat_key):
-            chat = await self._existing(chat_key, chat_id)
-            sets: Document = {}
-            if chat.get("last_message_at") is None or chat["last_message_at"] <= at:
-                sets |= {"last_message": last_message, "last_message_at": at}
-            if chat["last_activity_at"] < at:
-                sets["last_activity_at"] = at
-            if sets:
-                await self._write(chat_key, {"$set": sets}, sets)
+        await self._c.chats.update_one(
+            {"_id": chat_key, "$or": [{"last_message_at": None}, {"last_message_at": {"$lte": at}}]},
+            {
+                "$set": {"last_message": last_message, "last_message_at": at, "last_message_rev": 0},
+                "$inc": {"version": 1},
+            },
+        )
+        await self._c.chats.update_one(
+            {"_id": chat_key, "last_activity_at": {"$lt": at}},
+            {"$set": {"last_activity_at": at}, "$inc": {"version": 1}},
+        )
 
     async def replace_last_message(
-        self,
-        tenant_id: str,
-        chat_id: str,
-        message_id: str,
-        replacement: Callable[[], Awaitable[Document | None]],
-    ) -> None:
-        """If this message is the chat's last message, the chat shows `replacement()` instead: the message's new
-        state after an edit or a revoke, or the newest message still shown once this one is hidden (None: none).
+        self, tenant_id: str, chat_id: str, message_id: str, shown: Document | None, rev: int = 0
+    ) -> bool:
+        """If this message is the chat's last message, the chat shows `shown` instead: the message's new state
+        after an edit or a revoke (`rev`: how many amendments it has seen), or the newest message still shown once
+        this one is hidden (None: none). Returns whether the chat showed the message.
 
-        `replacement` runs under the chat's lock, which inbound messages are counted and stored under too, so what
-        it finds is current and a message arriving meanwhile is never overwritten: the preview only ever moves
-        away from this message. (On MongoDB proper the same guard goes into the filter,
-        `{"_id": ..., "last_message.message_id": message_id}`; FerretDB answers only `_id` from an index.)
+        The guard is in the filter: the preview only ever moves away from this message (a message arriving
+        meanwhile is never overwritten), and an older state of the same message never replaces a newer one.
         """
-        chat_key = key(tenant_id, chat_id)
-        kept = self._index.get(chat_key)
-        if kept is not None and chat_key not in self._unsure and not _shows(kept, message_id):
-            return  # the usual case: the message is not the chat's last one
-        async with self._c.hold("chats", chat_key):
-            chat = await self._held(chat_key)
-            if chat is None or not _shows(chat, message_id):
-                return
-            shown = await replacement()
-            sets: Document = {"last_message": shown, "last_message_at": shown["at"] if shown else None}
-            if (chat.get("last_message"), chat.get("last_message_at")) != (shown, sets["last_message_at"]):
-                await self._write(chat_key, {"$set": sets}, sets)
+        current = {"$or": [{"last_message_rev": {"$lte": rev}}, {"last_message_rev": {"$exists": False}}]}
+        result = await self._c.chats.update_one(
+            {"_id": key(tenant_id, chat_id), "last_message.message_id": message_id, **current},
+            {
+                "$set": {
+                    "last_message": shown,
+                    "last_message_at": shown["at"] if shown else None,
+                    "last_message_rev": rev,
+                },
+                "$inc": {"version": 1},
+            },
+        )
+        return result.matched_count > 0
 
     # --- the window sweep ------------------------------------------------------------------------------------
     async def sweep_windows(self, tenant_id: str, now: datetime, lead: timedelta) -> int:
-        """Announces window.closing and window.closed for this tenant's chats; returns how many it announced."""
+        """Announces window.closing and window.closed for this tenant's chats; returns how many it announced.
+
+        Finds the due windows by the `window_due` index; each announcement is claimed by an update conditional on
+        the state and expiry it was found with, so of two sweepers (or a sweeper and a customer writing again)
+        exactly one moves the window on and parks the event (whose id is derived from the expiry)."""
         announced = 0
-        await self._settle()
-        due = [
-            chat
-            for chat in self._index.tenant(tenant_id)
-            if chat["window_state"] in ("open", "closing") and chat["window_expires_at"] <= now + lead
-        ]
-        for chat in due:
+        due = self._c.chats.find(
+            {
+                "tenant_id": tenant_id,
+                "$or": [
+                    {"window_state": "open", "window_expires_at": {"$lte": now + lead}},
+                    {"window_state": "closing", "window_expires_at": {"$lte": now}},
+                ],
+            },
+            {"outbox": 0, "applied": 0},
+        )
+        async for chat in due:
             expires: datetime = chat["window_expires_at"]
             phase = domain.window_phase(expires, now, lead)
             if phase in (chat["window_state"], "open"):
                 continue
             cls = WindowClosedEvent if phase == "closed" else WindowClosingEvent
             event = self._window_event(cls, chat, expires, at=expires if phase == "closed" else now)
-            async with self._c.hold("chats", chat["_id"]):
-                held = await self._held(chat["_id"])
-                if held is None or (held["window_state"], held["window_expires_at"]) != (chat["window_state"], expires):
-                    continue  # the customer wrote meanwhile: the window moved
-                sets = {"window_state": phase}
-                await self._write(chat["_id"], {"$set": sets, "$push": {"outbox": outbox_entry(event)}}, sets)
-            self._parked("chats", chat["_id"])
-            announced += 1
+            claimed = await self._c.chats.update_one(
+                {"_id": chat["_id"], "window_state": chat["window_state"], "window_expires_at": expires},
+                {"$set": {"window_state": phase}, "$push": {"outbox": outbox_entry(event)}, "$inc": {"version": 1}},
+            )
+            if claimed.modified_count:
+                self._parked("chats", chat["_id"])
+                announced += 1
         return announced
-
-
-def _shows(chat: Document, message_id: str) -> bool:
-    return bool((chat.get("last_message") or {}).get("message_id") == message_id)

@@ -1,17 +1,14 @@
 """Messages in MongoDB: inbound messages, sending, the timeline, the agent's own view (delete for me, unread).
 Delivery statuses are in repository_statuses.py, a customer's edits and revokes in repository_amendments.py.
 
-Same rules as repository.py: documents are read and written by `_id` alone, each write under its document's
-lock. On FerretDB v1.24 as released even a lookup by `_id` walked the collection (~20 ms at 6k messages, growing
-with it; our build fixes that and `$in` on `_id`, see deploy/local/ferretdb/patch.sh), so the hot path only
-*inserts* into the growing collections, and what must be looked up there is kept in memory (`TimelineIndex`: each
-chat's timeline entries, reactions and every wamid), rebuilt from one scan at start. A timeline page then reads
-its documents with a single `$in` query on `_id`.
+An inbound message's `_id` is derived from its wamid and `(tenant_id, wamid)` is unique: storing it is the
+idempotency of inbound messages (a duplicate webhook, a redelivered record or a second instance stores nothing
+more). A timeline page is two queries on `(tenant_id, chat_id, at, _id)` indexes (messages and notes), merged;
+reactions and quotes are found by their own indexes.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -40,8 +37,8 @@ from waflow_conversation.repository import (
     key,
 )
 from waflow_conversation.repository_amendments import AmendmentRepository
+from waflow_conversation.repository_base import NEWEST_FIRST, next_cursor, page_filter
 from waflow_conversation.repository_statuses import StatusRepository
-from waflow_conversation.timeline_index import TimelineIndex
 
 NOT_SHOWN = {"outbox": 0, "request_hash": 0}
 DUPLICATE_KEY = 11000
@@ -60,60 +57,49 @@ async def _chat_id(chats: ChatRepository, tenant_id: str, m: MessageReceived) ->
 
 
 class MessageRepository:
-    def __init__(
-        self, collections: Collections, chats: ChatRepository, clock: Clock, parked: Parked, index: TimelineIndex
-    ) -> None:
+    def __init__(self, collections: Collections, chats: ChatRepository, clock: Clock, parked: Parked) -> None:
         self._c = collections
         self._chats = chats
         self._clock = clock
         self._parked = parked
-        self._index = index
-        self.amendments = AmendmentRepository(collections, chats, index)
-        self.statuses = StatusRepository(collections, clock, index)
-
-    async def load_index(self) -> None:
-        """Reads every message and note once (at start) into the timeline index."""
-        fields = {"chat_id": 1, "tenant_id": 1, "at": 1, "type": 1, "hidden": 1, "content": 1, "wamid": 1}
-        async for doc in self._c.messages.find({}, fields):
-            self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "message")
-        async for doc in self._c.notes.find({}, {"chat_id": 1, "tenant_id": 1, "at": 1}):
-            self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "note")
-        await self.amendments.load()
+        self.amendments = AmendmentRepository(collections, chats)
+        self.statuses = StatusRepository(collections, clock)
 
     # --- inbound -------------------------------------------------------------------------------------------------
     async def record_inbound(self, tenant_id: str, received: Sequence[tuple[MessageReceived, Cause | None]]) -> None:
-        """Applies each message to its chat once and stores it once (its `_id` is derived from the wamid).
+        """Stores each message once and applies it to its chat once.
 
-        Messages that arrive together are written together: one chat update for up to APPLIED_KEEP messages of a
-        chat, the updates of all the chats in one bulk write, then one insert for all the messages. The chats
-        first, then the insert: a chat remembers the last ids it counted, so a record redelivered after a crash
-        between the two (Kafka redelivers the batch, in partition order, before anything newer) finds its id
-        there and only inserts; a duplicate webhook long after finds the message already stored and changes
-        nothing. A chat with more messages than that is written in rounds, each after the messages of the round
-        before are stored.
+        The messages first, in one insert (`counted: False`; a duplicate is refused by its unique `_id`), so a
+        chat never shows a message that its timeline lacks. Then the messages not counted yet are counted on their
+        chats (one conditional update for up to APPLIED_KEEP messages of a chat, the updates of all the chats in
+        one bulk write), then marked counted. A record redelivered after a crash between the two finds its id in
+        the chat's `applied` and is only marked; a duplicate long after finds the message counted and changes
+        nothing. A chat with more messages than that is written in rounds, each marked before the next.
         """
         by_chat: dict[str, list[tuple[str, MessageReceived, Cause | None, Document]]] = {}
         amendments = [m for m, _ in received if amends_another(m.content.type)]
         for m, cause in received:
-            if amends_another(m.content.type) or self._index.message_for(tenant_id, m.wamid) is not None:
-                continue  # an edit or revoke changes its message (below); or stored and counted before
+            if amends_another(m.content.type):
+                continue  # an edit or revoke changes its message (below)
             chat_id = await _chat_id(self._chats, tenant_id, m)  # created with its first message
             message_id = domain.inbound_message_id(tenant_id, m.wamid)
             queued = by_chat.setdefault(chat_id, [])
             if all(item[0] != message_id for item in queued):
                 queued.append((message_id, m, cause, self._inbound_doc(tenant_id, chat_id, message_id, m)))
-        rounds: list[list[tuple[str, list[tuple[str, MessageReceived, Cause | None, Document]]]]] = []
+        docs = [doc for items in by_chat.values() for *_, doc in items]
+        await self._store(docs)
+        uncounted = await self._uncounted([doc["_id"] for doc in docs])
+        rounds: list[list[tuple[str, list[tuple[str, MessageReceived, Cause | None]]]]] = []
         for chat_id, items in by_chat.items():
-            for n, start in enumerate(range(0, len(items), APPLIED_KEEP)):
+            todo = [(i, m, c) for i, m, c, doc in items if doc["_id"] in uncounted]
+            for n, start in enumerate(range(0, len(todo), APPLIED_KEEP)):
                 if n == len(rounds):
                     rounds.append([])
-                rounds[n].append((chat_id, items[start : start + APPLIED_KEEP]))
+                rounds[n].append((chat_id, todo[start : start + APPLIED_KEEP]))
         for chunks in rounds:
-            await self._chats.apply_inbound(
-                tenant_id,
-                [(chat_id, [(i, m, c) for i, m, c, _ in chunk]) for chat_id, chunk in chunks],
-                then=functools.partial(self._store, [doc for _, chunk in chunks for *_, doc in chunk]),
-            )
+            await self._chats.apply_inbound(tenant_id, chunks)
+            counted = [key(tenant_id, message_id) for _, chunk in chunks for message_id, _, _ in chunk]
+            await self._c.messages.update_many({"_id": {"$in": counted}}, {"$set": {"counted": True}})
         # Once the messages are stored (and those of earlier records, which may have been stored by a process that
         # stopped before this step): edits and revokes that came first, then the ones that came now.
         await self.amendments.adopt(tenant_id, [m.wamid for m, _ in received])
@@ -128,8 +114,12 @@ class MessageRepository:
         except BulkWriteError as exc:
             if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
                 raise
-        for doc in docs:
-            self._index.load(key(doc["tenant_id"], doc["chat_id"]), doc, "message")
+
+    async def _uncounted(self, message_keys: list[str]) -> set[str]:
+        if not message_keys:
+            return set()
+        found = self._c.messages.find({"_id": {"$in": message_keys}, "counted": False}, {"_id": 1})
+        return {doc["_id"] async for doc in found}
 
     def _inbound_doc(self, tenant_id: str, chat_id: str, message_id: str, m: MessageReceived) -> Document:
         return {
@@ -148,6 +138,7 @@ class MessageRepository:
             "received_at": self._clock(),
             "hidden": False,
             "manual_unread": False,
+            "counted": False,
         }
 
     # --- sending -------------------------------------------------------------------------------------------------
@@ -217,6 +208,8 @@ class MessageRepository:
             "status_at": now,
             "failure": None,
             "reports": [],
+            "report_keys": [],
+            "status_version": 0,
             "outbox": [outbox_entry(event)],
         }
         try:
@@ -231,7 +224,6 @@ class MessageRepository:
                 ) from None
             return existing
         self._parked("messages", message_key)
-        self._index.load(chat["_id"], doc, "message")
         await self._chats.note_outbound(
             tenant_id,
             chat["chat_id"],
@@ -255,34 +247,47 @@ class MessageRepository:
 
     async def timeline(self, tenant_id: str, chat_id: str, cursor: str | None, limit: int) -> Page:
         """Messages and notes of a chat, newest first; reactions ride on their message, replies carry the quote."""
-        entries, cursor_out = self._index.page(key(tenant_id, chat_id), cursor, limit)
-        found: dict[str, Document] = {}
-        for kind, collection in (("message", self._c.messages), ("note", self._c.notes)):
-            keys = [k for _, k, entry_kind in entries if entry_kind == kind]
-            if keys:
-                async for doc in collection.find({"_id": {"$in": keys}}, NOT_SHOWN):
-                    found[doc["_id"]] = doc | {"kind": kind}
-        items = [found[k] for _, k, _ in entries if k in found]
+        chat = {"tenant_id": tenant_id, "chat_id": chat_id}
+        shown = chat | {"hidden": False, "type": {"$nin": sorted(domain.NOT_OWN_ENTRY)}}
+        found: list[Document] = []
+        for kind, collection, query in (("message", self._c.messages, shown), ("note", self._c.notes, chat)):
+            docs = collection.find(page_filter(query, cursor), NOT_SHOWN).sort(NEWEST_FIRST).limit(limit + 1)
+            found += [doc | {"kind": kind} async for doc in docs]
+        found.sort(key=lambda d: (d["at"], d["_id"]), reverse=True)
+        items, cursor_out = next_cursor(found, limit)
         messages = await self._decorate(tenant_id, [i for i in items if i["kind"] == "message"])
         by_key = {d["_id"]: d for d in messages}
         return Page([by_key.get(i["_id"], i) for i in items], cursor_out)
 
     async def _decorate(self, tenant_id: str, messages: list[Document]) -> list[Document]:
+        """Each message with the latest reaction to it (the customer's, by wamid) and the message it quotes."""
+        wamids = [m["wamid"] for m in messages]
+        reactions: dict[str, Document] = {}
+        if wamids:
+            chats = sorted({m["chat_id"] for m in messages})
+            query = {"tenant_id": tenant_id, "content.message_id": {"$in": wamids}, "chat_id": {"$in": chats}}
+            async for r in self._c.messages.find(query | {"type": "reaction"}, {"content": 1, "at": 1}):
+                target = r["content"]["message_id"]
+                best = reactions.get(target)
+                if best is None or (r["at"], r["_id"]) > (best["at"], best["_id"]):
+                    reactions[target] = r
+        quoted_wamids = sorted({q for m in messages if (q := (m.get("context") or {}).get("quoted_wamid"))})
+        quoted: dict[str, Document] = {}
+        if quoted_wamids:
+            query = {"tenant_id": tenant_id, "wamid": {"$in": quoted_wamids}}
+            quoted = {q["wamid"]: q async for q in self._c.messages.find(query, NOT_SHOWN)}
         out = []
         for message in messages:
             m = dict(message)
-            chat_key = key(tenant_id, m["chat_id"])
             m["reactions"] = []
-            reaction_key = self._index.reaction(chat_key, m["wamid"])
-            if reaction_key:
-                reaction = await self._c.messages.find_one({"_id": reaction_key}, {"content": 1, "at": 1})
-                emoji = (reaction or {}).get("content", {}).get("emoji")
-                if reaction and emoji:
+            reaction = reactions.get(m["wamid"])
+            if reaction is not None:
+                emoji = (reaction.get("content") or {}).get("emoji")
+                if emoji:
                     m["reactions"] = [{"emoji": emoji, "at": reaction["at"], "by": "customer"}]
             quoted_wamid = (m.get("context") or {}).get("quoted_wamid")
             if quoted_wamid:
-                quoted_key = self._index.message_for(tenant_id, quoted_wamid)
-                q = await self._c.messages.find_one({"_id": quoted_key}) if quoted_key else None
+                q = quoted.get(quoted_wamid)
                 m["reply_to"] = {
                     "wamid": quoted_wamid,
                     "message_id": q["message_id"] if q else None,
@@ -304,31 +309,36 @@ class MessageRepository:
     async def hide(self, tenant_id: str, chat_id: str, message_id: str) -> None:
         """Delete for me: gone from this tenant's timeline; the customer's copy is untouched. Idempotent."""
         message_key = key(tenant_id, message_id)
-        async with self._c.hold("messages", message_key):
-            message = await self._c.messages.find_one({"_id": message_key}, {"chat_id": 1, "hidden": 1})
-            if message is None or message["chat_id"] != chat_id:
-                raise MessageNotFound(message_id)
-            if not message["hidden"]:
-                await self._c.messages.update_one(
-                    {"_id": message_key}, {"$set": {"hidden": True, "hidden_at": self._clock()}}
-                )
-        chat_key = key(tenant_id, chat_id)
-        self._index.remove(chat_key, message_key)
-        # The chat list no longer shows it either: its last message is then the newest one still shown. Also on
-        # a repeated call, which mends a chat left as it was by a process stopped between the two writes.
-        await self._chats.replace_last_message(
-            tenant_id, chat_id, message_id, functools.partial(self._newest_shown, chat_key)
+        hidden = await self._c.messages.update_one(
+            {"_id": message_key, "chat_id": chat_id, "hidden": False},
+            {"$set": {"hidden": True, "hidden_at": self._clock()}},
         )
+        if not hidden.matched_count and not await self._c.messages.find_one(
+            {"_id": message_key, "chat_id": chat_id}, {"_id": 1}
+        ):
+            raise MessageNotFound(message_id)
+        # The chat list no longer shows it either: its last message is then the newest one still shown. Also on
+        # a repeated call, which mends a chat left as it was by a process stopped between the two writes. If the
+        # one shown instead was hidden meanwhile (its own hide found the chat not showing it yet), on to the next.
+        for _ in range(10):
+            newest = await self._newest_shown(tenant_id, chat_id)
+            shown = domain.last_message_view(newest) if newest else None
+            rev = int(newest.get("amend_version", 0)) if newest else 0
+            if not await self._chats.replace_last_message(tenant_id, chat_id, message_id, shown, rev):
+                return
+            if newest is None or not await self._c.messages.find_one({"_id": newest["_id"], "hidden": True}):
+                return
+            message_id = newest["message_id"]
 
-    async def _newest_shown(self, chat_key: str) -> Document | None:
-        newest = self._index.newest_message(chat_key)
-        message = await self._c.messages.find_one({"_id": newest}, NOT_SHOWN) if newest else None
-        return domain.last_message_view(message) if message else None
+    async def _newest_shown(self, tenant_id: str, chat_id: str) -> Document | None:
+        query = {"tenant_id": tenant_id, "chat_id": chat_id, "hidden": False}
+        query["type"] = {"$nin": sorted(domain.NOT_OWN_ENTRY)}
+        return await self._c.messages.find_one(query, NOT_SHOWN, sort=NEWEST_FIRST)
 
     async def mark_unread(self, tenant_id: str, chat_id: str, message_id: str) -> None:
-        message_key = key(tenant_id, message_id)
-        async with self._c.hold("messages", message_key):
-            message = await self._c.messages.find_one({"_id": message_key}, {"chat_id": 1, "hidden": 1})
-            if message is None or message["chat_id"] != chat_id or message["hidden"]:
-                raise MessageNotFound(message_id)
-            await self._c.messages.update_one({"_id": message_key}, {"$set": {"manual_unread": True}})
+        marked = await self._c.messages.update_one(
+            {"_id": key(tenant_id, message_id), "chat_id": chat_id, "hidden": False},
+            {"$set": {"manual_unread": True}},
+        )
+        if not marked.matched_count:
+            raise MessageNotFound(message_id)

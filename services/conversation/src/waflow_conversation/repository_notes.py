@@ -1,28 +1,26 @@
-"""Notes in MongoDB: append-only, in the chat's timeline, filtered by text, author and time."""
+"""Notes in MongoDB: append-only (each an insert under a new unique id), in the chat's timeline, filtered by text,
+author and time on the `(tenant_id, chat_id, at, _id)` index."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
-from pymongo import DESCENDING
 from waflow_common.events.conversation import NoteAdded, NoteAddedEvent
 from waflow_common.events.envelope import Clock
 from waflow_common.outbox import outbox_entry
 
 from waflow_conversation import domain
 from waflow_conversation.repository import Collections, Document, Page, Parked, key, next_cursor, page_filter
-from waflow_conversation.timeline_index import TimelineIndex
+from waflow_conversation.repository_base import NEWEST_FIRST, regex_literal
 
 
 class NoteRepository:
     """Notes are append-only: there is no update or delete here, by design."""
 
-    def __init__(self, collections: Collections, clock: Clock, parked: Parked, index: TimelineIndex) -> None:
+    def __init__(self, collections: Collections, clock: Clock, parked: Parked) -> None:
         self._c = collections
         self._clock = clock
         self._parked = parked
-        self._index = index
 
     async def add(self, chat: Document, note_id: str, author: str, text: str, correlation_id: str | None) -> Document:
         now = domain.millis(self._clock())
@@ -52,7 +50,6 @@ class NoteRepository:
         }
         await self._c.notes.insert_one(doc)
         self._parked("notes", doc["_id"])
-        self._index.load(chat["_id"], doc, "note")
         return doc
 
     async def get(self, tenant_id: str, chat_id: str, note_id: str) -> Document | None:
@@ -73,7 +70,7 @@ class NoteRepository:
     ) -> Page:
         query: Document = {"tenant_id": tenant_id, "chat_id": chat_id}
         if text:
-            query["text"] = {"$regex": re.escape(text), "$options": "i"}
+            query["text"] = {"$regex": regex_literal(text), "$options": "i"}
         if author:
             query["author"] = author
         if since or until:
@@ -85,7 +82,7 @@ class NoteRepository:
             query["at"] = window
         docs = (
             await self._c.notes.find(page_filter(query, cursor), {"outbox": 0})
-            .sort([("at", DESCENDING), ("_id", DESCENDING)])
+            .sort(NEWEST_FIRST)
             .limit(limit + 1)
             .to_list()
         )

@@ -286,11 +286,11 @@ async def recipient_state(
     if phone_number_id not in tenant.phone_number_ids:
         raise NotFound("phone number not found")
     number, user_id = ("", wa_id) if is_bsuid(wa_id) else (wa_id, None)
-    last = ctx.repository.last_inbound_at(tenant.tenant_id, phone_number_id, number, user_id)
+    last = await ctx.repository.last_inbound_at(tenant.tenant_id, phone_number_id, number, user_id)
     return RecipientState(
         phone_number_id=phone_number_id,
         wa_id=wa_id,
-        blacklisted=ctx.repository.blacklisted(tenant.tenant_id, number, user_id),
+        blacklisted=await ctx.repository.blacklisted(tenant.tenant_id, number, user_id),
         window_open=window_open(last, ctx.clock()),
         window_expires_at=last + WINDOW if last is not None else None,
     )

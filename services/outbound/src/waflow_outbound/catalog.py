@@ -1,4 +1,5 @@
-"""The template catalog: per-WABA copies of Meta's templates, synced at start, periodically and on webhooks."""
+"""The template catalog: per-WABA copies of Meta's templates in the database, synced periodically by whichever
+instance holds the sync lease, and at once on template webhooks and tenant changes."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import httpx
 from pymongo.errors import PyMongoError
 from waflow_common.events.envelope import Clock
+from waflow_common.leases import Leases, run_leased
 from waflow_common.tenants import Tenant, TenantRegistry
 
 from waflow_outbound.domain_templates import OPEN_TEMPLATE, TemplateShape, shape_of
@@ -20,6 +21,8 @@ from waflow_outbound.repository import Document, OutboundRepository
 from waflow_outbound.whatsapp import TemplateListError, WhatsAppClient
 
 log = logging.getLogger(__name__)
+
+SYNC_LEASE = "outbound-template-sync"
 
 
 def builtin_id(waba_id: str, name: str, language: str) -> str:
@@ -36,7 +39,7 @@ def template_document(waba_id: str, listed: dict[str, Any], *, source: str, sync
         "status": str(listed.get("status", "APPROVED")).upper(),
         "category": str(listed.get("category", "UTILITY")).upper(),
         "parameter_format": str(listed.get("parameter_format") or "POSITIONAL").upper(),
-        # As JSON text: Meta's examples nest arrays, which FerretDB cannot store.
+        # As JSON text: kept exactly as Meta sent it, whatever it nests.
         "components_json": json.dumps(listed.get("components") or []),
         "content": shape.agent_text(),
         "placeholders": [p.name for p in shape.placeholders],
@@ -57,6 +60,7 @@ class TemplateCatalog:
         whatsapp: WhatsAppClient,
         registry: TenantRegistry,
         clock: Clock,
+        leases: Leases,
         *,
         interval_seconds: float,
     ) -> None:
@@ -64,26 +68,16 @@ class TemplateCatalog:
         self._whatsapp = whatsapp
         self._registry = registry
         self._clock = clock
+        self._leases = leases
         self._interval = interval_seconds
-        # (tenant_id, waba_id, name, language) -> template document, for sends
-        self._by_name: dict[tuple[str, str, str, str], Document] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._lease_seconds = interval_seconds * 3 + 10
+        self._synced_at = -interval_seconds
+        self._tasks: list[asyncio.Task[None]] = []
         self._due: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
-    def _index(self, tenant_id: str, waba_id: str, documents: Iterable[Document]) -> None:
-        for key in [k for k in self._by_name if k[0] == tenant_id and k[1] == waba_id]:
-            del self._by_name[key]
-        for d in documents:
-            self._by_name[(tenant_id, waba_id, d["name"], d["language"])] = d
-
-    async def load(self) -> None:
-        for document in await self._repository.all_templates():
-            self._by_name[(document["tenant_id"], document["waba_id"], document["name"], document["language"])] = (
-                document
-            )
-
-    def find(self, tenant_id: str, waba_id: str, name: str, language: str) -> Document | None:
-        found = self._by_name.get((tenant_id, waba_id, name, language))
+    async def find(self, tenant_id: str, waba_id: str, name: str, language: str) -> Document | None:
+        """The template as the last sync (by any instance) stored it."""
+        found = await self._repository.template(tenant_id, waba_id, name, language)
         if found is None and name == OPEN_TEMPLATE["name"] and language == OPEN_TEMPLATE["language"]:
             return template_document(waba_id, OPEN_TEMPLATE, source="builtin", synced_at=self._clock())
         return found
@@ -110,7 +104,6 @@ class TemplateCatalog:
         if not any((d["name"], d["language"]) == open_key for d in documents):
             documents.append(template_document(waba_id, OPEN_TEMPLATE, source="builtin", synced_at=now))
         await self._repository.replace_templates(tenant.tenant_id, waba_id, documents)
-        self._index(tenant.tenant_id, waba_id, [d | {"tenant_id": tenant.tenant_id} for d in documents])
         return len(documents)
 
     async def sync_tenant(self, tenant: Tenant) -> int:
@@ -124,34 +117,62 @@ class TemplateCatalog:
 
     async def sync_all(self) -> None:
         await asyncio.gather(*(self.sync_tenant(t) for t in self._registry.tenants()))
+        self._synced_at = asyncio.get_running_loop().time()
+
+    async def first_sync(self) -> None:
+        """At start: sync now if no other instance holds the sync lease (then its copies are in the database)."""
+        if await self._leases.acquire(SYNC_LEASE, self._lease_seconds):
+            await self.sync_all()
+
+    async def _periodic(self) -> None:
+        if asyncio.get_running_loop().time() - self._synced_at >= self._interval / 2:  # not just done at start
+            await self.sync_all()
 
     def request_sync(self, tenant_id: str, waba_id: str | None = None) -> None:
         """Asks for a sync soon (template webhooks, new tenants); repeated asks collapse into one."""
         self._due.put_nowait((tenant_id, waba_id or ""))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_full = loop.time() + self._interval
+    async def _sync_asked(self) -> None:
+        """Syncs what was asked for. Every instance hears of a tenant change, so a per-tenant lease lets one of
+        them sync it while the others skip."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                first = await asyncio.wait_for(self._due.get(), timeout=max(0.0, next_full - loop.time()))
-                await asyncio.sleep(0.2)  # let a burst of webhooks collapse
-                due = {first}
-                while not self._due.empty():
-                    due.add(self._due.get_nowait())
-                for tenant_id, _ in due:
-                    tenant = self._registry.tenant(tenant_id)
-                    if tenant is not None:
+            first = await self._due.get()
+            await asyncio.sleep(0.2)  # let a burst of webhooks collapse
+            due = {first[0]}
+            while not self._due.empty():
+                due.add(self._due.get_nowait()[0])
+            for tenant_id in due:
+                tenant = self._registry.tenant(tenant_id)
+                name = f"outbound-template-sync:{tenant_id}"
+                try:
+                    if tenant is None or not await self._leases.acquire(name, 120.0):
+                        continue
+                    try:
                         await self.sync_tenant(tenant)
-            if loop.time() >= next_full:
-                await self.sync_all()
-                next_full = loop.time() + self._interval
+                    finally:
+                        await self._leases.release(name)
+                except PyMongoError as exc:
+                    log.warning("template sync failed", extra={"tenant_id": tenant_id, "error": str(exc)[:300]})
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="template-sync")
+        """The periodic full sync runs on the one instance holding its lease (at once when it takes it)."""
+        self._tasks = [
+            asyncio.create_task(
+                run_leased(
+                    self._leases,
+                    SYNC_LEASE,
+                    self._periodic,
+                    every=self._interval,
+                    lease_seconds=self._lease_seconds,
+                ),
+                name="template-sync",
+            ),
+            asyncio.create_task(self._sync_asked(), name="template-sync-asked"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task

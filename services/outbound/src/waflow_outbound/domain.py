@@ -4,8 +4,7 @@ recipient, retry backoff."""
 from __future__ import annotations
 
 import random
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -133,87 +132,134 @@ def recipient_backoff_seconds(strikes: int) -> float:
 # --- pacing ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class NumberPace:
-    """When calls of one phone number may start: never more than `rate` in any (1 + margin) seconds.
+@dataclass(frozen=True)
+class Pace:
+    """How a number's calls are spaced: at most `limit` starts in any `window` seconds, and at least `gap`
+    seconds between two starts (so a backlog goes out evenly, not in bursts of `limit`)."""
 
-    Two parts. `reserve` hands out smooth target times, 1/rate apart, so a busy number sends evenly instead
-    of in bursts. `start_at`/`started` are the hard cap, over the times calls really start: a caller woken
-    late (a busy event loop, a slow write) may still start if the last second allows it, and otherwise
-    waits, so a late wake-up costs neither the cap nor a slot. The margin absorbs the jitter between our
-    start and WhatsApp's count. A 130429 pauses the number and halves its pace; each success gives back.
-    """
+    limit: int
+    window: float
+    gap: float
 
-    rate: int
-    margin: float = 0.1
-    factor: float = 1.0
-    paused_until: float = 0.0
-    _starts: deque[float] = field(default_factory=deque)
-    _next: float = 0.0
-
-    def effective_rate(self) -> int:
-        return max(1, int(self.rate * self.factor))
-
-    def reserve(self, now: float) -> float:
-        start = max(now, self._next, self.paused_until)
-        self._next = start + 1.0 / self.effective_rate()
-        return start
-
-    def start_at(self, now: float) -> float:
-        """The earliest time from `now` on at which one more call may start."""
-        rate = self.effective_rate()
-        start = max(now, self.paused_until)
-        if len(self._starts) >= rate:
-            start = max(start, self._starts[-rate] + 1.0 + self.margin)
-        return start
-
-    def started(self, now: float) -> None:
-        self._starts.append(now)
-        while len(self._starts) > self.rate:
-            self._starts.popleft()
-
-    def slow_down(self, now: float, pause: float) -> None:
-        self.paused_until = max(self.paused_until, now + pause)
-        self.factor = max(0.05, self.factor / 2)
-        self._next = max(self._next, self.paused_until)
-
-    def succeeded(self) -> None:
-        if self.factor < 1.0:
-            self.factor = min(1.0, self.factor + 1.0 / self.rate)
+    @property
+    def per_second(self) -> float:
+        """The rate a busy number runs at."""
+        return self.limit / self.window
 
 
-@dataclass
-class RecipientPace:
-    """Meta's pair rate: about one message per `interval` to one customer, with a borrowed burst allowance."""
+def number_pace(rate: int, margin: float) -> Pace:
+    """`rate` starts in any 1 + margin seconds: the margin absorbs a call starting late after its start and the
+    jitter between our start and WhatsApp's count (up to `margin` seconds of both, no second at WhatsApp holds
+    more than `rate` calls), so a busy number runs at rate / (1 + margin). The gap is 0.8 of the even spacing:
+    calls go out evenly, yet those after a late one can catch up."""
+    limit = max(1, rate)
+    window = 1.0 + margin
+    return Pace(limit, window, 0.8 * window / limit)
 
-    burst: int
-    interval: float
-    tokens: float = -1.0
-    updated_at: float = 0.0
-    blocked_until: float = 0.0
-    strikes: int = 0
 
-    def _refill(self, now: float) -> None:
-        if self.tokens < 0:
-            self.tokens, self.updated_at = float(self.burst), now
-            return
-        self.tokens = min(float(self.burst), self.tokens + (now - self.updated_at) / self.interval)
-        self.updated_at = max(self.updated_at, now)
+@dataclass(frozen=True)
+class Permit:
+    """A caller's try at a number's bucket: its start (None: refused), when the next start may be, and the
+    bucket's starts after the try."""
 
-    def ready_at(self, now: float) -> float:
-        self._refill(now)
-        wait = 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.interval
-        return max(now + wait, self.blocked_until)
+    start: float | None
+    next_at: float
+    starts: tuple[float, ...]
 
-    def take(self, now: float) -> None:
-        self._refill(now)
-        self.tokens -= 1
 
-    def refused(self, now: float) -> None:
-        self.blocked_until = now + recipient_backoff_seconds(self.strikes)
-        self.strikes += 1
+def _free_at(starts: tuple[float, ...], pace: Pace, *, slow: bool, paused_until: float) -> float:
+    window, gap = (2 * pace.window, 2 * pace.gap) if slow else (pace.window, pace.gap)
+    free = paused_until
+    if len(starts) >= pace.limit:
+        free = max(free, starts[-pace.limit] + window)
+    if starts:
+        free = max(free, starts[-1] + gap)
+    return free
 
-    def idle(self, now: float) -> bool:
-        """Nothing left to remember: full allowance and no penalty (the lane may forget this customer)."""
-        self._refill(now)
-        return self.tokens >= self.burst and now >= self.blocked_until
+
+def permit(
+    starts: tuple[float, ...],
+    now: float,
+    pace: Pace,
+    *,
+    lead: float = 0.0,
+    paused_until: float = 0.0,
+    slow_until: float = 0.0,
+) -> Permit:
+    """The sliding-window rule the number's bucket runs in the database: the bucket keeps the last `limit`
+    starts; a caller gets the earliest start the window and the gap allow, if it is at most `lead` from now
+    (it waits for it, with its attempt recorded and the gate passed), else none and the time to try again.
+    Slowed (a 130429): half the pace; paused: nothing before `paused_until`.
+
+    Only starts handed out count, so a caller that comes late wastes nothing: the next one may start at once."""
+    slow = now < slow_until
+    free = max(now, _free_at(starts, pace, slow=slow, paused_until=paused_until))
+    if free > now + lead:
+        return Permit(None, free, starts)
+    after = (*starts, free)[-pace.limit :]
+    return Permit(free, _free_at(after, pace, slow=slow, paused_until=paused_until), after)
+
+
+@dataclass(frozen=True)
+class Permits:
+    """Several callers' try at once: the starts handed out (earliest first), when the next may be, and the
+    bucket's starts after the try."""
+
+    granted: tuple[float, ...]
+    next_at: float
+    starts: tuple[float, ...]
+
+
+def permits(
+    starts: tuple[float, ...],
+    now: float,
+    pace: Pace,
+    *,
+    count: int,
+    lead: float = 0.0,
+    paused_until: float = 0.0,
+    slow_until: float = 0.0,
+) -> Permits:
+    """Up to `count` starts in one try: `permit` asked `count` times at the same `now`, each after the last
+    one's start, so an instance with several callers waiting asks the bucket once for all of them (the database
+    runs the same loop in one update)."""
+    granted: list[float] = []
+    got = permit(starts, now, pace, lead=lead, paused_until=paused_until, slow_until=slow_until)
+    while got.start is not None:
+        granted.append(got.start)
+        starts = got.starts
+        if len(granted) == count:
+            break
+        got = permit(starts, now, pace, lead=lead, paused_until=paused_until, slow_until=slow_until)
+    return Permits(tuple(granted), got.next_at, starts)
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """A number's state after WhatsApp's 130429s: no start before `paused_until`, half pace until `slow_until`,
+    and when the last 130429 came."""
+
+    paused_until: float
+    slow_until: float
+    struck_at: float
+
+
+def after_rate_limit(now: float, pause: float, slow: float, before: RateLimited) -> RateLimited:
+    """What a 130429 does to the number, for every instance: it pauses for `pause` (the retry's backoff). One that
+    comes after that pause is over and within `slow` seconds of the previous one says the pace itself is too fast
+    for WhatsApp now, so the number also runs at half pace for `slow` seconds; a single one (a few calls bunched
+    by a hiccup between our start and WhatsApp's count) costs only the pause. Answers to calls already on their
+    way during the pause are the same hiccup, not a repeat."""
+    repeated = now >= before.paused_until and now < before.struck_at + slow
+    paused_until = max(before.paused_until, now + pause)
+    slow_until = max(before.slow_until, now + pause + slow) if repeated else before.slow_until
+    return RateLimited(paused_until, slow_until, now)
+
+
+def gcra(
+    tat: float, now: float, interval: float, tolerance: float = 0.0, blocked_until: float = 0.0
+) -> tuple[float, float]:
+    """The generic cell rate algorithm, as the database's buckets run it: (slot, next tat) for a caller at
+    `now`. `tolerance` lets (tolerance / interval + 1) calls start at once (a burst); zero paces evenly."""
+    slot = max(now, tat - tolerance, blocked_until)
+    return slot, max(tat, slot) + interval

@@ -1,8 +1,7 @@
-"""Kafka subscribers: send commands, the window and blacklist projections, template webhooks, read receipts."""
+"""Kafka subscribers: send commands, the window and blacklist in the database, template webhooks, read receipts."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -19,9 +18,9 @@ from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
 
 from waflow_outbound.catalog import TemplateCatalog
-from waflow_outbound.lanes import Job
+from waflow_outbound.lanes import job_of, read_document, request_document
 from waflow_outbound.repository import OutboundRepository
-from waflow_outbound.sending import Dispatcher, job_of, read_job_of, request_document
+from waflow_outbound.sending import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,14 @@ class OutboundHandlers:
     clock: Clock
 
     async def on_commands(self, events: list[SendRequestedEvent]) -> None:
-        """Records a batch of requests (insert-if-new by request_id) and hands each to its number's lane.
+        """Records a batch of requests (insert-if-new by tenant and request_id), claimed by this instance, and
+        hands each new one to its number's lane.
 
-        Offsets are committed when this returns, i.e. once the requests are durably recorded; from then on the
-        lanes, or a restart's recovery, own them. A redelivered command finds its record and does nothing.
-        One write for the whole batch: recording one by one caps intake at FerretDB's per-write latency. If the
-        batch fails as a whole, the consumer records its commands one by one, and dead-letters the one at fault.
+        Offsets are committed when this returns, i.e. once the requests are durably recorded; from then on this
+        instance's lanes own them, or, if it dies, whichever instance's recovery claims them when the claim
+        expires. A redelivered command (on any instance) finds its record and does nothing. One write for the
+        whole batch; if it fails as a whole, the consumer records its commands one by one, and dead-letters the
+        one at fault.
         """
         documents = []
         for event in events:
@@ -62,14 +63,14 @@ class OutboundHandlers:
                     causation_id=str(event.event_id),
                 )
             )
-        stored = await asyncio.gather(*(self.repository.record_request(d) for d in documents))
+        stored = await self.repository.add_requests(documents, self.clock())
         for document, new in zip(documents, stored, strict=True):
             if not new:
                 continue
-            job = job_of(document, 0)
+            job = job_of(document)
             tenant = self.registry.tenant(job.tenant_id)
             if tenant is None or job.phone_number_id not in tenant.phone_number_ids:
-                await self.dispatcher.reject(job, "invalid", "the tenant has no such phone number")
+                await self.dispatcher.results.reject(job, "invalid", "the tenant has no such phone number")
             else:
                 self.dispatcher.submit(job)
 
@@ -100,9 +101,9 @@ class OutboundHandlers:
     async def on_conversation(self, event: ConversationEvent) -> None:
         """An agent read a chat: mark its last customer message read on WhatsApp, if the gate lets it.
 
-        Recorded either way (a restart resumes it); the gate decides at call time like for any message. Known
-        limit: the blacklist comes from contacts.v1 and the read from conversation.v1, two topics followed on
-        their own, so a read announced within moments of a deletion can reach the gate before the deletion
+        Recorded either way (recovery on any instance resumes it); the gate decides at call time like for any
+        message. Known limit: the blacklist comes from contacts.v1 and the read from conversation.v1, two topics
+        followed on their own, so a read announced within moments of a deletion can reach the gate before the deletion
         does. Conversation, which already refuses to message a blacklisted chat, can close that gap by not
         naming a wamid to mark for one.
         """
@@ -114,19 +115,17 @@ class OutboundHandlers:
         tenant = self.registry.tenant(event.tenant_id)
         if tenant is None or read.phone_number_id not in tenant.phone_number_ids:
             return
-        document = {
-            "_id": f"{event.tenant_id}:read:{read.last_inbound_wamid}",
-            "tenant_id": event.tenant_id,
-            "wamid": read.last_inbound_wamid,
-            "phone_number_id": read.phone_number_id,
-            "wa_id": read.wa_id,
-            "user_id": read.user_id,
-            "received_at": self.clock(),
-            "correlation_id": event.correlation_id,
-        }
-        if await self.repository.record_read(document):
-            job: Job = read_job_of(document)
-            self.dispatcher.submit(job)
+        document = read_document(
+            tenant_id=event.tenant_id,
+            wamid=read.last_inbound_wamid,
+            phone_number_id=read.phone_number_id,
+            wa_id=read.wa_id,
+            user_id=read.user_id,
+            received_at=self.clock(),
+            correlation_id=event.correlation_id,
+        )
+        if (await self.repository.add_requests([document], self.clock()))[0]:
+            self.dispatcher.submit(job_of(document))
 
     async def on_command(self, event: SendRequestedEvent) -> None:
         await self.on_commands([event])

@@ -1,49 +1,46 @@
-"""Sending: the checks before any call, the paced call itself, retries, and the result of every request."""
+"""Sending: the checks before any call, the paced call itself and its retries; results are `results`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any
-from uuid import UUID
+from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
-from waflow_common.events.envelope import Clock, derived_event_id
+from pymongo.errors import ConnectionFailure, PyMongoError
+from waflow_common.events.envelope import Clock
 from waflow_common.events.outbound import (
-    MetaErrorRef,
     RejectReason,
-    SendAccepted,
-    SendAcceptedEvent,
-    SendRejected,
-    SendRejectedEvent,
 )
-from waflow_common.kafka import EventPublisher, PublishError
+from waflow_common.kafka import EventPublisher
 from waflow_common.tenants import TenantRegistry
 
+from waflow_outbound.calls import REFUSALS, Rejection, WaitForWindow, call_kind, message_body
 from waflow_outbound.catalog import TemplateCatalog
 from waflow_outbound.domain import (
     Call,
-    CallKind,
     Cleared,
     MetaFailure,
-    NumberPace,
     backoff_seconds,
     clear,
     window_open,
 )
-from waflow_outbound.domain_templates import TemplateParamsError, bind, meta_components
-from waflow_outbound.lanes import Job, Lane, LaneSettings
-from waflow_outbound.repository import Document, OutboundRepository, Recovered
+from waflow_outbound.lanes import Job, Lane, LaneSettings, job_of
+from waflow_outbound.repository import Document, OutboundRepository
+from waflow_outbound.repository.pacing import Buckets
+from waflow_outbound.results import Results
 from waflow_outbound.whatsapp import Accepted, WhatsAppClient
 
 log = logging.getLogger(__name__)
 
-RESULTS = Counter("waflow_outbound_results_total", "Send results by outcome", ["outcome"])
+T = TypeVar("T")
+
 CALLS = Counter("waflow_outbound_calls_total", "Calls to WhatsApp by answer", ["answer"])
-LATE_STARTS = Counter("waflow_outbound_held_starts_total", "Calls held back by the one-second cap")
 LATENCY = Histogram("waflow_outbound_call_seconds", "Duration of one /messages call")
 READS = Counter("waflow_outbound_read_receipts_total", "Read receipts finished: accepted, or why not", ["outcome"])
 REFUSED = Counter(
@@ -59,37 +56,9 @@ class SendingSettings:
     retry_cap_seconds: float = 30.0
     retry_max_seconds: float = 300.0  # from the request's arrival; then gave_up
     window_grace_seconds: float = 2.0
-    call_lead_seconds: float = 0.05
-
-
-class Rejection(Exception):
-    def __init__(self, reason: RejectReason, message: str, meta: MetaFailure | None = None) -> None:
-        super().__init__(message)
-        self.reason: RejectReason = reason
-        self.message = message
-        self.meta = meta
-
-
-REFUSALS: dict[RejectReason, str] = {
-    "blacklisted": "the contact is blacklisted (or deleted): it is never messaged",
-    "window_closed": "free-form messages need an open 24-hour window; send a template",
-}
-
-
-def call_kind(job: Job) -> CallKind:
-    if job.kind == "read":
-        return "read"
-    assert job.message is not None
-    kind: CallKind = "template" if job.message["type"] == "template" else "text"
-    return kind
-
-
-class WaitForWindow(Exception):
-    """The window looks closed, but the customer's message may still be on its way to our projection."""
-
-
-def result_event_id(tenant_id: str, request_id: str) -> UUID:
-    return derived_event_id(tenant_id, request_id, "outbound.result")
+    gate_kept_seconds: float = 0.5  # a caller kept waiting longer by the number's bucket passes the gate again
+    recovery_seconds: float = 2.0  # how often each instance looks for requests whose claim expired
+    slow_number_seconds: float = 5.0  # half pace after a repeated 130429 (domain.after_rate_limit)
 
 
 class Dispatcher:
@@ -97,6 +66,7 @@ class Dispatcher:
         self,
         *,
         repository: OutboundRepository,
+        buckets: Buckets,
         registry: TenantRegistry,
         catalog: TemplateCatalog,
         whatsapp: WhatsAppClient,
@@ -107,6 +77,7 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self._repository = repository
+        self._buckets = buckets
         self._registry = registry
         self._catalog = catalog
         self._whatsapp = whatsapp
@@ -116,9 +87,11 @@ class Dispatcher:
         self._lane_settings = lane_settings
         self._rng = rng or random.Random()
         self.lanes: dict[str, Lane] = {}
-        self._publishing: set[asyncio.Task[None]] = set()
-        self._record_latency = 0.0
-        self._lead = settings.call_lead_seconds
+        # The requests this instance has claimed and works on: their claims are renewed while they are here.
+        # Losing this set (a crash) loses nothing: the claims expire and any instance's recovery takes them.
+        self.held: set[str] = set()
+        self.results = Results(repository, publisher, clock, self.held)
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lanes ---------------------------------------------------------------------------------------------
     def _rate(self, phone_number_id: str) -> int:
@@ -130,8 +103,8 @@ class Dispatcher:
     def lane(self, phone_number_id: str) -> Lane:
         lane = self.lanes.get(phone_number_id)
         if lane is None:
-            pace = NumberPace(self._rate(phone_number_id), margin=self._lane_settings.margin_seconds)
-            lane = self.lanes[phone_number_id] = Lane(phone_number_id, pace, self._lane_settings, self._run)
+            lane = Lane(phone_number_id, self._rate(phone_number_id), self._lane_settings, self._run)
+            self.lanes[phone_number_id] = lane
             lane.start()
         return lane
 
@@ -140,89 +113,41 @@ class Dispatcher:
             lane.set_rate(self._rate(phone_number_id))
 
     def submit(self, job: Job) -> None:
+        self.held.add(job.document_id)
         self.lane(job.phone_number_id).submit(job)
 
+    def start(self) -> None:
+        self.results.start()
+        self._tasks = [
+            asyncio.create_task(self._renew_claims(), name="outbound-claims"),
+            asyncio.create_task(self._recover(), name="outbound-recovery"),
+        ]
+
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         for lane in self.lanes.values():
             await lane.stop()
-        if self._publishing:
-            await asyncio.wait(self._publishing, timeout=5.0)
+        await self.results.stop()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    # --- results -------------------------------------------------------------------------------------------
-    async def finish(self, job: Job, payload: SendAccepted | SendRejected) -> None:
-        """Stores the request's one result, then publishes it (a restart publishes what was stored only)."""
-        event: SendAcceptedEvent | SendRejectedEvent
-        common: dict[str, Any] = {
-            "tenant_id": job.tenant_id,
-            "payload": payload,
-            "event_id": result_event_id(job.tenant_id, job.key),
-            "correlation_id": job.correlation_id,
-            "causation_id": UUID(job.causation_id) if job.causation_id else None,
-            "clock": self._clock,
-        }
-        if isinstance(payload, SendAccepted):
-            event = SendAcceptedEvent.new(**common)
-        else:
-            event = SendRejectedEvent.new(**common)
-        stored = await self._repository.record_outcome(
-            job.tenant_id, job.key, event.model_dump(mode="json"), self._clock()
-        )
-        if not stored:
-            return
-        RESULTS.labels(payload.reason if isinstance(payload, SendRejected) else "accepted").inc()
-        # The stored outcome is the commitment; publishing it needs no lane worker (a restart publishes what
-        # is stored but unmarked, under the same event id, so consumers drop a repeat).
-        task = asyncio.create_task(self.publish(job.tenant_id, job.key, event))
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
-
-    async def publish(
-        self, tenant_id: str, request_id: str, event: Document | SendAcceptedEvent | SendRejectedEvent
-    ) -> None:
-        parsed: SendAcceptedEvent | SendRejectedEvent
-        if isinstance(event, SendAcceptedEvent | SendRejectedEvent):
-            parsed = event
-        elif event["event_type"] == SendAcceptedEvent.model_fields["event_type"].default:
-            parsed = SendAcceptedEvent.model_validate(event)
-        else:
-            parsed = SendRejectedEvent.model_validate(event)
-        delay = 0.2
-        while True:
-            try:
-                await self._publisher.publish(parsed)
-                break
-            except PublishError as exc:
-                log.warning("could not publish a result; retrying", extra={"error": str(exc)[:300]})
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-        await self._repository.mark_published(tenant_id, request_id)
-
-    async def reject(self, job: Job, reason: RejectReason, message: str, meta: MetaFailure | None = None) -> None:
-        ref = MetaErrorRef(code=meta.code, title=meta.title, details=meta.details) if meta and meta.code else None
-        await self.finish(
-            job,
-            SendRejected(
-                request_id=job.key,
-                phone_number_id=job.phone_number_id,
-                wa_id=job.wa_id,
-                user_id=job.user_id,
-                reason=reason,
-                message=message,
-                meta_error=ref,
-            ),
-        )
+    def release(self, job: Job) -> None:
+        """This instance is done with the request (finished, or another instance owns it now)."""
+        self.held.discard(job.document_id)
 
     # --- the gate and the checks before any call ------------------------------------------------------------
-    def _gate(self, call: Call) -> Cleared | RejectReason:
-        """The one gate of every call to a customer: the domain's rules over this process's projections."""
-        last = self._repository.last_inbound_at(call.tenant_id, call.phone_number_id, call.wa_id, call.user_id)
-        return clear(
-            call,
-            blacklisted=self._repository.blacklisted(call.tenant_id, call.wa_id, call.user_id),
-            window_open=window_open(last, self._clock()),
+    async def _gate(self, call: Call) -> Cleared | RejectReason:
+        """The one gate of every call to a customer: the domain's rules over the window and blacklist as the
+        database holds them now, whichever instance consumed the events that set them."""
+        last, blacklisted = await asyncio.gather(
+            self._repository.last_inbound_at(call.tenant_id, call.phone_number_id, call.wa_id, call.user_id),
+            self._repository.blacklisted(call.tenant_id, call.wa_id, call.user_id),
         )
+        return clear(call, blacklisted=blacklisted, window_open=window_open(last, self._clock()))
 
-    def _call(self, job: Job, waba_id: str) -> Call:
+    async def _call(self, job: Job, waba_id: str) -> Call:
         """The call a job makes, or a Rejection: every rule that can be checked without calling WhatsApp.
 
         The gate runs first, so a blacklisted customer is told apart from a wrong template; it runs again
@@ -230,58 +155,47 @@ class Dispatcher:
         """
         kind = call_kind(job)
         early = Call(kind, job.tenant_id, job.phone_number_id, job.wa_id, {}, job.user_id)
-        gate = self._gate(early)
+        gate = await self._gate(early)
         waited = (self._clock() - job.received_at).total_seconds()
         if gate == "window_closed" and waited < self._settings.window_grace_seconds:
-            raise WaitForWindow  # the customer's message may still be on its way to our projection
+            raise WaitForWindow  # the customer's message may still be on its way to us
         if not isinstance(gate, Cleared):
             raise Rejection(gate, REFUSALS[gate])
         if kind == "read":
             return replace(early, body={"messaging_product": "whatsapp", "status": "read", "message_id": job.key})
-        assert job.message is not None
-        if not job.wa_id and not job.user_id:
-            raise Rejection("invalid", "the request names no recipient: neither a wa_id nor a user_id")
-        body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
-        if job.wa_id:
-            body["to"] = job.wa_id
-        else:  # a BSUID-only customer: Meta takes the business-scoped user id as `recipient`
-            body["recipient"] = job.user_id
-        if kind == "text":
-            body |= {"type": "text", "text": {"body": job.message["body"], "preview_url": job.message["preview_url"]}}
-        else:
-            name, language = job.message["name"], job.message["language"]
-            template = self._catalog.find(job.tenant_id, waba_id, name, language)
-            if template is None or template["status"] != "APPROVED":
-                state = "unknown" if template is None else template["status"]
-                raise Rejection("template_unknown", f"template {name} ({language}) is not approved: {state}")
-            shape = self._catalog.shape(template)
-            try:
-                values = bind(shape, job.message["parameters"])
-            except TemplateParamsError as exc:
-                raise Rejection("template_params", str(exc)) from exc
-            spec: dict[str, Any] = {"name": name, "language": {"code": language}}
-            if components := meta_components(shape, values):
-                spec["components"] = components
-            body |= {"type": "template", "template": spec}
-        if job.reply_to:
-            body["context"] = {"message_id": job.reply_to}
-        # Meta echoes it on every status: lets anyone reconcile a message with the request that sent it.
-        body["biz_opaque_callback_data"] = job.key
-        return replace(early, body=body)
+        return replace(early, body=await message_body(job, self._catalog, waba_id))
 
     async def _refuse(self, job: Job, rejection: Rejection) -> None:
         REFUSED.labels(call_kind(job), rejection.reason).inc()
         if job.kind == "read":
             await self._read_done(job, rejection.reason)
         else:
-            await self.reject(job, rejection.reason, rejection.message, rejection.meta)
+            await self.results.reject(job, rejection.reason, rejection.message, rejection.meta)
 
     async def _read_done(self, job: Job, outcome: str) -> None:
         READS.labels(outcome).inc()
-        await self._repository.read_done(f"{job.tenant_id}:read:{job.key}", job.tenant_id, outcome)
+        await self._repository.finish(job.document_id, outcome, None, self._clock())
+        self.release(job)
 
     # --- one job -------------------------------------------------------------------------------------------
     async def _run(self, lane: Lane, job: Job) -> Job | None:
+        try:
+            return await self._attempt(lane, job)
+        except asyncio.CancelledError:
+            raise
+        except ConnectionFailure as exc:
+            # The database is unreachable and WhatsApp was not called (after the call, `_stored` waits for the
+            # database instead): the job stays here, claimed, and tries again. Dropping it would leave a request
+            # recorded as calling for recovery, which must then report `outcome_unknown` for a call never made.
+            log.warning("database unreachable before a call; trying again", extra={"error": str(exc)[:300]})
+            job.not_before = lane.now() + 1.0
+            return job
+        except Exception:
+            # Let its claim expire: recovery (here or on another instance) takes the request up again.
+            self.release(job)
+            raise
+
+    async def _attempt(self, lane: Lane, job: Job) -> Job | None:
         tenant = self._registry.tenant(job.tenant_id)
         number = (
             next((n for n in tenant.record.phone_numbers if n.phone_number_id == job.phone_number_id), None)
@@ -290,12 +204,12 @@ class Dispatcher:
         )
         if tenant is None or number is None:
             if job.kind == "send":
-                await self.reject(job, "invalid", "the tenant has no such phone number")
+                await self.results.reject(job, "invalid", "the tenant has no such phone number")
             else:
                 await self._read_done(job, "invalid")
             return None
         try:
-            call = self._call(job, number.waba_id)
+            call = await self._call(job, number.waba_id)
         except WaitForWindow:
             if job.window_grace_used:
                 await self._refuse(job, Rejection("window_closed", REFUSALS["window_closed"]))
@@ -306,8 +220,21 @@ class Dispatcher:
         except Rejection as exc:
             await self._refuse(job, exc)
             return None
-        await self._wait_for_slot(lane, job)
-        cleared = self._gate(call)
+        if job.kind == "send":
+            if job.customer_slot is None:
+                job.customer_slot = await self._buckets.customer_slot(
+                    f"{job.phone_number_id}:{job.customer}",
+                    self._lane_settings.recipient_interval_seconds,
+                    self._lane_settings.recipient_burst,
+                )
+            if job.customer_slot - time.time() > 0.5:  # free the worker while the customer's pace holds it
+                job.not_before = lane.now() + job.customer_slot - time.time()
+                return job
+            await asyncio.sleep(max(0.0, job.customer_slot - time.time()))
+        cleared = await self._paced(lane, job, call)
+        if cleared is None:
+            self.release(job)  # another instance claimed it meanwhile: it is theirs now
+            return None
         if not isinstance(cleared, Cleared):
             await self._refuse(job, Rejection(cleared, REFUSALS[cleared]))
             return None
@@ -315,51 +242,67 @@ class Dispatcher:
             answer = await self._whatsapp.post_message(cleared, tenant.access_token)
         if isinstance(answer, Accepted):
             CALLS.labels("accepted").inc()
-            lane.pace.succeeded()
-            await self._accepted(job, answer)
+            await self._stored(lambda: self._accepted(job, answer))
             return None
         CALLS.labels(str(answer.code or answer.http_status or "transport")).inc()
-        return await self._failed(lane, job, answer)
+        return await self._stored(lambda: self._failed(lane, job, answer))
 
-    async def _wait_for_slot(self, lane: Lane, job: Job) -> None:
-        """Waits for this number's next slot, recording the attempt durably just before the call starts."""
-        slot = lane.pace.reserve(lane.now())
-        await asyncio.sleep(max(0.0, slot - self._lead - lane.now()))
-        if job.kind == "send":  # marking read twice is harmless: no record needed
-            # From here on a crash cannot tell whether WhatsApp got the call; see `recover`.
-            began = lane.now()
-            await self._repository.record_call(job.tenant_id, job.key, job.attempts, self._clock())
-            self._note_record_latency(lane.now() - began)
-        await asyncio.sleep(max(0.0, slot - lane.now()))
-        while (start := lane.pace.start_at(lane.now())) > lane.now():
-            LATE_STARTS.inc()
-            await asyncio.sleep(start - lane.now())
-        # No await between the check and `started`: no other call of this number can slip in between.
-        lane.pace.started(lane.now())
-        if job.kind == "send":
-            lane.recipient(job.customer).take(lane.now())
+    @staticmethod
+    async def _stored(step: Callable[[], Awaitable[T]]) -> T:
+        """Runs a step that stores what WhatsApp answered, again and again while the database is unreachable:
+        the answer exists only here, and going back to the top would call WhatsApp a second time."""
+        delay = 0.5
+        while True:
+            try:
+                return await step()
+            except ConnectionFailure as exc:
+                log.warning(
+                    "database unreachable after a call; storing its answer again", extra={"error": str(exc)[:300]}
+                )
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
-    def _note_record_latency(self, seconds: float) -> None:
-        """Records start ahead of the slot by about twice their recent latency: too late and the call starts
-        after its slot; too early and more requests would be `outcome_unknown` after a crash."""
-        self._record_latency = 0.9 * self._record_latency + 0.1 * seconds
-        self._lead = min(1.0, max(self._settings.call_lead_seconds, 2 * self._record_latency))
+    async def _paced(self, lane: Lane, job: Job, call: Call) -> Cleared | RejectReason | None:
+        """Returns at the call's start in the number's shared bucket, with the attempt recorded and the gate
+        passed just before (None: the request is no longer this instance's to send).
+
+        Every instance takes its starts from the same bucket, so the number's rate holds whatever the number of
+        instances. The lane lets a few callers at a time record and pass the gate, then ask the bucket."""
+        async with lane.ahead:
+            recorded = job.kind != "send"  # marking read twice is harmless: no record needed
+            while True:
+                gate = await self._record_and_gate(job, call, recorded)
+                recorded = True
+                if gate is None or not isinstance(gate, Cleared):
+                    return gate
+                if await lane.take_start(
+                    self._buckets, gated_at=time.time(), gate_kept=self._settings.gate_kept_seconds
+                ):
+                    return gate
+
+    async def _record_and_gate(self, job: Job, call: Call, recorded: bool) -> Cleared | RejectReason | None:
+        """The gate, and the attempt recorded as calling at the same time (None: this instance may not call).
+        From here on a crash cannot tell whether WhatsApp got the call; see `take_over`. A job that was
+        recorded before the database went away checks that the request is still its own."""
+        if recorded:
+            return await self._gate(call)
+        began, gate = await asyncio.gather(
+            self._repository.begin_attempt(job.document_id, job.attempts, self._clock(), again=job.calling),
+            self._gate(call),
+            return_exceptions=True,
+        )
+        if began is True:
+            job.calling = True
+        for outcome in (began, gate):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return gate if began is True and not isinstance(gate, BaseException) else None
 
     async def _accepted(self, job: Job, answer: Accepted) -> None:
         if job.kind == "read":
             await self._read_done(job, "accepted")
             return
-        await self.finish(
-            job,
-            SendAccepted(
-                request_id=job.key,
-                phone_number_id=job.phone_number_id,
-                wa_id=job.wa_id,
-                user_id=job.user_id,
-                wamid=answer.wamid,
-                message_status=answer.message_status,
-            ),
-        )
+        await self.results.accept(job, answer.wamid, answer.message_status)
 
     async def _failed(self, lane: Lane, job: Job, failure: MetaFailure) -> Job | None:
         handling = failure.handling
@@ -369,109 +312,78 @@ class Dispatcher:
                 await self._read_done(job, failure.reason)
                 return None
             message = failure.title or f"WhatsApp refused the message ({failure.code})"
-            await self.reject(job, failure.reason, message, failure)
+            await self.results.reject(job, failure.reason, message, failure)
             return None
         now = lane.now()
         delay = backoff_seconds(
             job.attempts, base=self._settings.retry_base_seconds, cap=self._settings.retry_cap_seconds, rng=self._rng
         )
-        if handling == "slow_number":
-            lane.pace.slow_down(now, delay)
+        if handling == "slow_number":  # for every instance: the pause and the slower pace are in the bucket
+            await self._buckets.slow_number(job.phone_number_id, delay, self._settings.slow_number_seconds)
         elif handling == "slow_recipient":
-            pace = lane.recipient(job.customer)
-            pace.refused(now)
-            delay = max(delay, pace.blocked_until - now)
+            blocked_until = await self._buckets.customer_refused(f"{job.phone_number_id}:{job.customer}")
+            delay = max(delay, blocked_until - time.time())
         waited = (self._clock() - job.received_at).total_seconds()
         if waited + delay > self._settings.retry_max_seconds:
             if job.kind == "read":
                 await self._read_done(job, "gave_up")
                 return None
-            await self.reject(job, "gave_up", f"WhatsApp kept failing for {waited:.0f}s: {failure.title}", failure)
+            await self.results.reject(
+                job, "gave_up", f"WhatsApp kept failing for {waited:.0f}s: {failure.title}", failure
+            )
             return None
-        if job.kind == "send":
-            # Meta answered, so this attempt certainly did not send: a restart may try again.
-            await self._repository.record_retry(job.tenant_id, job.key, job.attempts, failure.code)
+        # Meta answered, so this attempt certainly did not send: the next one may (here or after a takeover).
+        if job.kind == "send" and not await self._repository.retry_later(job.document_id, failure.code):
+            self.release(job)
+            return None
+        job.calling = False
         job.attempts += 1
+        job.customer_slot = None
         job.not_before = now + delay
         return job
 
-    # --- restart -------------------------------------------------------------------------------------------
-    async def recover(self, found: Recovered) -> None:
-        """Picks up where a stopped (or killed) process left off.
+    # --- claims and recovery -----------------------------------------------------------------------------
+    async def _renew_claims(self) -> None:
+        every = self._repository.claim_seconds / 4
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._repository.renew(list(self.held), self._clock())
+            except PyMongoError as exc:
+                log.warning("could not renew claims", extra={"error": str(exc)[:300]})
 
-        A request whose last attempt was recorded as started but has no answer may or may not have reached
-        WhatsApp: the process died between "calling" and the answer. `/messages` has no idempotency key, so
+    async def _recover(self) -> None:
+        while True:
+            try:
+                while claimed := await self._repository.claim_expired(self._clock(), 200):
+                    for document in claimed:
+                        await self.take_over(document)
+            except PyMongoError as exc:
+                log.warning("recovery failed; will retry", extra={"error": str(exc)[:300]})
+            await asyncio.sleep(self._settings.recovery_seconds)
+
+    async def take_over(self, document: Document) -> None:
+        """Goes on with a request whose owner stopped (killed, or cut off for longer than a claim).
+
+        A request whose attempt was recorded as started but has no answer may or may not have reached
+        WhatsApp: its owner died between "calling" and the answer. `/messages` has no idempotency key, so
         sending again could message the customer twice, which an agent cannot take back, while reporting
         `outcome_unknown` lets the conversation show it and an agent decide (the message's status webhook
-        will still arrive if it was sent, carrying the request id in biz_opaque_callback_data).
+        will still arrive if it was sent, carrying the request id in biz_opaque_callback_data, and conversation
+        then shows what Meta says of it).
         """
-        for document in found.unpublished:
-            await self.publish(document["tenant_id"], document["_id"].split(":", 1)[1], document["event"])
-        for request, _ in found.cut_off:
-            await self.reject(
-                job_of(request, 0),
+        if document["_id"] in self.held:
+            return  # its claim lapsed while the database was away, but its job is alive here and goes on
+        self.held.add(document["_id"])
+        if document["state"] == "done":
+            await self.results.publish(document["_id"], document["event"])
+        elif document.get("kind") == "read":
+            self.submit(job_of(document))
+        elif document["state"] == "calling":
+            await self.results.reject(
+                job_of(document),
                 "outcome_unknown",
                 "outbound stopped during the call to WhatsApp; the message may or may not have been sent",
             )
-        for request, attempts in found.pending:
-            self.submit(job_of(request, attempts))
-        for read in found.reads:
-            self.submit(read_job_of(read))
-
-
-def request_document(
-    *,
-    tenant_id: str,
-    request_id: str,
-    phone_number_id: str,
-    wa_id: str,
-    message: dict[str, Any],
-    user_id: str | None = None,
-    reply_to: str | None,
-    received_at: datetime,
-    correlation_id: str,
-    causation_id: str | None,
-) -> Document:
-    return {
-        "_id": f"{tenant_id}:{request_id}",
-        "tenant_id": tenant_id,
-        "request_id": request_id,
-        "phone_number_id": phone_number_id,
-        "wa_id": wa_id,
-        "user_id": user_id,
-        "message": message,
-        "reply_to": reply_to,
-        "received_at": received_at,
-        "correlation_id": correlation_id,
-        "causation_id": causation_id,
-    }
-
-
-def job_of(request: Document, attempts: int) -> Job:
-    return Job(
-        kind="send",
-        tenant_id=request["tenant_id"],
-        key=request["request_id"],
-        phone_number_id=request["phone_number_id"],
-        wa_id=request["wa_id"],
-        user_id=request.get("user_id"),
-        received_at=request["received_at"],
-        correlation_id=request["correlation_id"],
-        causation_id=request.get("causation_id"),
-        message=request["message"],
-        reply_to=request.get("reply_to"),
-        attempts=attempts,
-    )
-
-
-def read_job_of(read: Document) -> Job:
-    return Job(
-        kind="read",
-        tenant_id=read["tenant_id"],
-        key=read["wamid"],
-        phone_number_id=read["phone_number_id"],
-        wa_id=read["wa_id"],
-        user_id=read.get("user_id"),
-        received_at=read["received_at"],
-        correlation_id=read["correlation_id"],
-    )
+        else:
+            self.submit(job_of(document))

@@ -83,7 +83,7 @@ class Sender:
                 to, _ = _describe(payload)
                 self._record(phone_number_id, to, "read", payload, None, None, received_at)
                 return 200, {"success": True}
-            template = self._apply_rules(number, request)
+            template = self._apply_rules(number, request, received_at)
         except GraphError as error:
             to, kind = _describe(payload)
             self._record(phone_number_id, to, kind, payload, None, error.code, received_at)
@@ -124,8 +124,8 @@ class Sender:
         if fault.fails:
             raise fault_error(fault.code, fault.http_status, self._clock.now())
 
-    def _apply_rules(self, number: Number, request: SendRequest) -> Template | None:
-        now = self._clock.now()
+    def _apply_rules(self, number: Number, request: SendRequest, now: float) -> Template | None:
+        """Meta's checks, at the call's arrival (the time its throughput counts and the log shows)."""
         if not self._state.admit(number.phone_number_id, number.rate_per_second, now):
             raise meta_error(130429)
         if request.wa_id == number.display_phone_number:
