@@ -78,7 +78,7 @@ bench: deps infra-install
 # (then the tests that stop Kafka and the database server run too).
 .PHONY: schemas
 schemas: deps
-	$(UV) run python -m waflow_common.events.schemas docs/events
+	$(UV) run python -m waflow_common.events.schemas docs/events docs/asyncapi.json
 
 .PHONY: soak
 soak: deps infra-install

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -20,6 +20,7 @@ from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from waflow_common.events import asyncapi
 from waflow_common.logs import log_context
 from waflow_common.tenants import Tenant, TenantRegistry
 
@@ -342,5 +343,20 @@ def health_router(ready_checks: Callable[[Request], Awaitable[dict[str, bool]]])
     @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    # The events are one contract for every service, so each serves the whole document (docs/asyncapi.json).
+    @router.get(
+        "/asyncapi.json",
+        tags=["events"],
+        summary="The AsyncAPI 3.0 document of waflow's topics and events",
+        response_class=JSONResponse,
+        responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
+    )
+    async def asyncapi_document() -> Response:
+        return Response(asyncapi.document_json(), media_type="application/json")
+
+    @router.get("/asyncapi", tags=["events"], summary="The topics and events, as a page", response_class=HTMLResponse)
+    async def asyncapi_page() -> HTMLResponse:
+        return HTMLResponse(asyncapi.page())
 
     return router

@@ -10,7 +10,10 @@ docs/subscribers.md asks. For a consumer that reads tolerantly, these changes br
 - a field's type changed, its allowed values (`enum`, `const`) changed, or a union's members changed.
 Adding an optional field, and changing titles, descriptions, defaults or examples, do not.
 
-    uv run python -m waflow_common.events.schemas docs/events     # writes the files
+    uv run python -m waflow_common.events.schemas docs/events docs/asyncapi.json   # writes the files
+
+The same command writes the AsyncAPI document of every topic and event (`waflow_common.events.asyncapi`), by
+default beside the folder (docs/asyncapi.json).
 """
 
 from __future__ import annotations
@@ -135,5 +138,9 @@ def write(folder: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for written_path in write(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/events")):
+    from waflow_common.events import asyncapi
+
+    events_folder = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/events")
+    for written_path in write(events_folder):
         print(written_path)
+    print(asyncapi.write(Path(sys.argv[2]) if len(sys.argv) > 2 else events_folder.parent / "asyncapi.json"))
