@@ -25,6 +25,9 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     waflow_topic_prefix: str = ""
     waflow_db_prefix: str = ""
+    # Replicas of each topic `waflow-admin topics create` makes: 1 for a development broker, 3 in production
+    # (then with min.insync.replicas=2, so that an acknowledged record survives the loss of a broker).
+    waflow_topic_replication_factor: int = Field(default=1, ge=1)
     # How long a producer may wait for Kafka's acknowledgement before the caller gives up (ingest answers 503).
     kafka_publish_timeout_seconds: float = 5.0
 
