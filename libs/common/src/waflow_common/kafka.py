@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import TypeAdapter, ValidationError
 from pymongo.errors import ConnectionFailure
 
-from waflow_common import topics
+from waflow_common import metrics, topics
 from waflow_common.events.dead_letter import DeadLetter
 from waflow_common.events.envelope import Envelope
 from waflow_common.events.reading import UnknownEvent, read_event, skipped
@@ -121,6 +122,8 @@ class EventPublisher:
             await asyncio.wait_for(asyncio.gather(*sends), timeout=self._settings.kafka_publish_timeout_seconds)
         except (TimeoutError, KafkaError) as exc:
             raise PublishError(f"Kafka did not acknowledge {len(events)} record(s): {exc!r}") from exc
+        for event in events:
+            metrics.published(type(event).topic, event.event_type)
 
     async def tombstone(self, topic: str, key: str) -> None:
         """A null value: on a compacted topic it removes the key once the log is cleaned."""
@@ -131,6 +134,7 @@ class EventPublisher:
             )
         except (TimeoutError, KafkaError) as exc:
             raise PublishError(f"Kafka did not acknowledge a tombstone for {topic}: {exc!r}") from exc
+        metrics.published(topic, "tombstone")
 
     async def publish_raw(self, topic: str, value: bytes, *, key: bytes | None, headers: dict[str, str]) -> None:
         try:
@@ -140,6 +144,7 @@ class EventPublisher:
             )
         except (TimeoutError, KafkaError) as exc:
             raise PublishError(f"Kafka did not acknowledge a record for {topic}: {exc!r}") from exc
+        metrics.published(topic, headers.get("event_type"), headers.get("dlq_error_type"))
 
 
 class Consumer:
@@ -165,6 +170,7 @@ class Consumer:
         self._settings = settings
         self._publisher = EventPublisher(broker, settings)
         self.group_id = group_id
+        self._metrics = metrics.HandledMetrics(group_id)
         self._attempts = attempts
         self._retry_delay = retry_delay_seconds
 
@@ -242,11 +248,15 @@ class Consumer:
             event = await self._read(topic, record, adapter)
             if event is not None:
                 valid.append((record, event))
+        started = time.perf_counter()
         try:
             await apply_many([event for _, event in valid])
         except Exception as exc:
             log.warning("batch not applied as a whole; record by record", extra={"topic": topic, "error": repr(exc)})
             return tuple(record for record, _ in valid)
+        seconds = time.perf_counter() - started
+        for _, event in valid:
+            self._metrics.handled(topic, event, seconds)
         return ()
 
     async def _consume_batch(
@@ -283,9 +293,11 @@ class Consumer:
         correlation_id = getattr(event, "correlation_id", None)
         with log_context(tenant_id=tenant_id, correlation_id=correlation_id):
             failures = 0
+            started = time.perf_counter()
             while True:
                 try:
                     await handler(event)
+                    self._metrics.handled(topic, event, time.perf_counter() - started)
                     return
                 except TRANSIENT_ERRORS as exc:
                     log.warning("transient failure, retrying", extra={"topic": topic, "error": repr(exc)})
@@ -344,6 +356,11 @@ class Consumer:
         )
 
 
+def _durability(replicas: int) -> dict[str, str]:
+    """With 3 replicas or more, a write acknowledged by all in-sync replicas is on at least 2 of them."""
+    return {"min.insync.replicas": "2"} if replicas >= 3 else {}
+
+
 async def ensure_topics(settings: CommonSettings, specs: Sequence[topics.TopicSpec] | None = None) -> list[str]:
     """Creates the contract's topics (and their .dlq topics) if missing; returns the names it created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
@@ -355,8 +372,8 @@ async def ensure_topics(settings: CommonSettings, specs: Sequence[topics.TopicSp
             NewTopic(
                 name=settings.topic(spec.name),
                 num_partitions=spec.partitions,
-                replication_factor=1,
-                topic_configs=spec.configs(),
+                replication_factor=settings.waflow_topic_replication_factor,
+                topic_configs=spec.configs() | _durability(settings.waflow_topic_replication_factor),
             )
             for spec in (specs or topics.all_topics())
             if settings.topic(spec.name) not in existing

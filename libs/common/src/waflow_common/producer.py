@@ -28,7 +28,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from waflow_common import topics
+from waflow_common import metrics, topics
 from waflow_common.events.envelope import Envelope
 from waflow_common.kafka import PublishError
 from waflow_common.settings import CommonSettings
@@ -160,6 +160,9 @@ class RecordProducer:
             raise PublishError(f"Kafka did not acknowledge {len(records)} record(s): {exc!r}") from exc
         finally:
             timer.cancel()
+        prefix = self._settings.waflow_topic_prefix
+        for record in records:
+            metrics.published_headers(record.topic.removeprefix(prefix), record.headers)
 
     async def _flush_forever(self) -> None:
         while True:

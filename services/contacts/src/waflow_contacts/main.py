@@ -18,6 +18,7 @@ from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
 from waflow_common.logs import configure_logging
+from waflow_common.metrics import LagMonitor, install_http_metrics
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
 from waflow_common.runtime import tune_garbage_collector
@@ -80,6 +81,7 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
     settings = settings or ContactsSettings()
     registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
     core = build_core(settings, clock=clock)
+    lag = LagMonitor(core.broker, settings)
     if settings.contacts_consume:
         handlers.subscribe(
             Consumer(core.broker, settings, group_id=handlers.GROUP_ID),
@@ -96,9 +98,11 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
         if settings.contacts_relay_enabled:
             core.relay.start()
         sweeps = asyncio.create_task(core.lists.run_sweeps(), name="contacts-list-sweep")
+        lag.start()
         try:
             yield
         finally:
+            await lag.stop()
             sweeps.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeps
@@ -124,6 +128,7 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
     install_error_handlers(app)
     install_rule_errors(app)
     install_correlation(app)
+    install_http_metrics(app)
     app.include_router(router)
     app.include_router(lists_router)
     app.include_router(health_router(ready))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from waflow_outbound.domain import number_pace
 from waflow_outbound.repository import Document, read_request_id, request_key
@@ -32,6 +32,13 @@ from waflow_outbound.repository.pacing import Buckets
 log = logging.getLogger(__name__)
 
 PERMITS = Counter("waflow_outbound_permit_tries_total", "Tries at a number's bucket, by answer", ["answer"])
+PERMIT_WAIT = Histogram(
+    "waflow_outbound_permit_wait_seconds",
+    "Time a call waited for its start from the number's bucket (pacing), by how the wait ended: `start`, or "
+    "`gate_expired` (the gate passed too long ago: it runs again, then the call waits again)",
+    ["outcome"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 
 @dataclass
@@ -145,6 +152,8 @@ class Lane:
         for several calls); each caller takes the earliest start handed out."""
         lead, margin = self.settings.permit_lead_seconds, self.settings.margin_seconds
         self.waiting += 1
+        waited_from = time.perf_counter()
+        outcome = ""  # how the wait ended: observed only when it ended with an answer (not an error)
         try:
             while True:
                 if not self.granted:
@@ -153,6 +162,7 @@ class Lane:
                             continue
                         wait = max(0.0, self.next_at - lead - time.time())
                         if time.time() + wait - gated_at > gate_kept:
+                            outcome = "gate_expired"
                             return False
                         await asyncio.sleep(wait)
                         pace = number_pace(self.rate, margin)
@@ -163,16 +173,20 @@ class Lane:
                             PERMITS.labels("refused").inc()
                     continue
                 if self.granted[0][0] - gated_at > gate_kept:
+                    outcome = "gate_expired"
                     return False  # the start stays for a caller gated since
                 start, stored = self.granted.popleft()
                 await asyncio.sleep(max(0.0, start - time.time()))
                 if time.time() <= start + margin:
                     PERMITS.labels("start").inc()
+                    outcome = "start"
                     return True
                 PERMITS.labels("late").inc()
                 await buckets.unused_start(self.phone_number_id, stored)
         finally:
             self.waiting -= 1
+            if outcome:
+                PERMIT_WAIT.labels(outcome).observe(time.perf_counter() - waited_from)
 
     def set_rate(self, rate: int) -> None:
         if rate != self.rate:

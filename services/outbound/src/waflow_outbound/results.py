@@ -26,6 +26,7 @@ from waflow_common.events.outbound import (
     SendRejectedEvent,
 )
 from waflow_common.kafka import EventPublisher, PublishError
+from waflow_common.metrics import BoundedLabel
 
 from waflow_outbound.domain import MetaFailure
 from waflow_outbound.lanes import Job
@@ -33,7 +34,19 @@ from waflow_outbound.repository import Document, OutboundRepository
 
 log = logging.getLogger(__name__)
 
-RESULTS = Counter("waflow_outbound_results_total", "Send results by outcome", ["outcome"])
+RESULTS = Counter(
+    "waflow_outbound_results_total",
+    "Send results by outcome and Meta's error code (`none` when Meta gave none: accepted, refused before the call)",
+    ["outcome", "code"],
+)
+# Meta's error codes as labels: the codes seen, up to a bound (a remote API's numbers are not ours to trust).
+_META_CODES = BoundedLabel(50)
+
+
+def code_label(code: int | None) -> str:
+    """Meta's error code as a metric label: `none` without one, `other` past the codes this process has seen."""
+    return "none" if code is None else _META_CODES(str(code))
+
 
 Result = SendAcceptedEvent | SendRejectedEvent
 
@@ -95,7 +108,8 @@ class Results:
         if not stored:
             self._held.discard(job.document_id)
             return
-        RESULTS.labels(outcome).inc()
+        meta = payload.meta_error if isinstance(payload, SendRejected) else None
+        RESULTS.labels(outcome, code_label(meta.code if meta is not None else None)).inc()
         # Publishing needs no lane worker: the worker goes on with the number's next request meanwhile.
         task = asyncio.create_task(self.publish(job.document_id, event))
         self._publishing.add(task)

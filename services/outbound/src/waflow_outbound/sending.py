@@ -33,7 +33,7 @@ from waflow_outbound.domain import (
 from waflow_outbound.lanes import Job, Lane, LaneSettings, job_of
 from waflow_outbound.repository import Document, OutboundRepository
 from waflow_outbound.repository.pacing import Buckets
-from waflow_outbound.results import Results
+from waflow_outbound.results import Results, code_label
 from waflow_outbound.whatsapp import Accepted, WhatsAppClient
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class Dispatcher:
             CALLS.labels("accepted").inc()
             await self._stored(lambda: self._accepted(job, answer))
             return None
-        CALLS.labels(str(answer.code or answer.http_status or "transport")).inc()
+        CALLS.labels(code_label(answer.code) if answer.code else str(answer.http_status or "transport")).inc()
         return await self._stored(lambda: self._failed(lane, job, answer))
 
     @staticmethod
