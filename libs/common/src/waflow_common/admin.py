@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.progress import Progress
 
-from waflow_common import dlq, replay, topics
+from waflow_common import dlq, rebuild, replay, topics
 from waflow_common.events.tenants import (
     TENANT_ID_PATTERN,
     ApiKeyRecord,
@@ -48,7 +48,7 @@ from waflow_common.kafka import EventPublisher, ensure_topics, make_broker
 from waflow_common.secrets import SecretBox, generate_key, hash_api_key, new_api_key
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry, app_secret_context, tenant_secret_context
-from waflow_common.topic_reading import topic_partitions
+from waflow_common.topic_reading import ReadStalled, topic_partitions
 
 
 class AppFile(BaseModel):
@@ -239,6 +239,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await _dlq(settings, args)
     if args.area == "replay":
         return await _replay(settings, args)
+    if args.area == "rebuild":
+        return await _rebuild(settings, args)
     async with Admin(settings) as admin:
         if args.area == "app" and args.action == "put":
             app = await admin.put_app(AppFile.model_validate(_load(args.file)))
@@ -302,6 +304,17 @@ async def _replay(settings: CommonSettings, args: argparse.Namespace) -> int:
     return 0 if done.refused == 0 else 1
 
 
+async def _rebuild(settings: CommonSettings, args: argparse.Namespace) -> int:
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        try:
+            done = await rebuild.rebuild(settings, args.service, dry_run=args.dry_run, progress=progress)
+        except rebuild.RebuildError as exc:
+            raise AdminError(str(exc)) from exc
+    for projection in done:
+        print(json.dumps(dataclasses.asdict(projection) | {"dry_run": args.dry_run}))
+    return 0
+
+
 def _when(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
@@ -333,6 +346,11 @@ def _parser() -> argparse.ArgumentParser:
     dlq_redrive.add_argument("topic")
     dlq_redrive.add_argument("--dry-run", action="store_true", help="say what would be redriven, send nothing")
     dlq_actions.add_parser("purge", help="delete a topic's letters").add_argument("topic")
+    rebuild_p = areas.add_parser(
+        "rebuild", help="apply a service's compacted topics to its projections again (safe while it runs)"
+    )
+    rebuild_p.add_argument("service", help="a service with projections, e.g. outbound or conversation")
+    rebuild_p.add_argument("--dry-run", action="store_true", help="read and count the records, write nothing")
     replay_p = areas.add_parser("replay", help="send a tenant's archived webhooks of a time range to ingest again")
     replay_p.add_argument("--tenant", required=True)
     replay_p.add_argument("--since", required=True, help="ISO 8601 with a time zone, e.g. 2026-12-01T00:00:00Z")
@@ -357,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args))
     except ValidationError as exc:
         print(f"waflow-admin: invalid file: {exc}", file=sys.stderr)
-    except AdminError as exc:
+    except (AdminError, ReadStalled) as exc:
         print(f"waflow-admin: {exc}", file=sys.stderr)
     return 2
 

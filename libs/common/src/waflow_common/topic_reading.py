@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -27,14 +28,28 @@ async def assign_all(consumer: AIOKafkaConsumer, name: str) -> dict[TopicPartiti
     return ends
 
 
+class ReadStalled(RuntimeError):
+    """A partition gave no record for too long while records were still due."""
+
+
 async def records_to(
-    consumer: AIOKafkaConsumer, partition: TopicPartition, end: int
+    consumer: AIOKafkaConsumer, partition: TopicPartition, end: int, *, patience_seconds: float = 60.0
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """The partition's records from the consumer's position up to offset `end` (exclusive), then stops."""
+    """The partition's records from the consumer's position up to offset `end` (exclusive), then stops.
+
+    A fetch that brings nothing is not the end: a busy broker, or a consumer's first fetch, can answer within its
+    timeout with no record while records are still due. So it fetches again, and only after `patience_seconds`
+    without a record does it give up, loudly (`ReadStalled`): an operator's tool must not stop short in silence.
+    """
+    waiting_since = time.monotonic()
     while await consumer.position(partition) < end:
         batch = (await consumer.getmany(partition, timeout_ms=1000)).get(partition, [])
         if not batch:
-            return
+            if time.monotonic() - waiting_since > patience_seconds:
+                at = await consumer.position(partition)
+                raise ReadStalled(f"{partition.topic}[{partition.partition}] gave no record at {at} of {end}")
+            continue
+        waiting_since = time.monotonic()
         for record in batch:
             if record.offset >= end:
                 return

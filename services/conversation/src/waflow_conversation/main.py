@@ -14,6 +14,7 @@ from waflow_common.http import health_router, install_correlation, install_error
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
 from waflow_common.leases import Leases
 from waflow_common.logs import configure_logging
+from waflow_common.metrics import LagMonitor, install_http_metrics
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
 from waflow_common.runtime import tune_garbage_collector
@@ -39,7 +40,7 @@ class ConversationSettings(CommonSettings):
     conversation_sweep_seconds: float = Field(default=30.0, gt=0)
 
 
-def _numbers(registry: TenantRegistry) -> Callable[[str], list[str]]:
+def tenant_numbers(registry: TenantRegistry) -> Callable[[str], list[str]]:
     def numbers(tenant_id: str) -> list[str]:
         tenant = registry.tenant(tenant_id)
         return tenant.phone_number_ids if tenant else []
@@ -55,11 +56,12 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     collections = Collections(service_database(mongo, settings, DATABASE))
     leases = Leases(collections.leases)
     relay = OutboxRelay(collections.with_outbox(), EventPublisher(broker, settings), leases, name="conversation")
-    chats = ChatRepository(collections, clock, relay.notify, _numbers(registry))
+    chats = ChatRepository(collections, clock, relay.notify, tenant_numbers(registry))
     messages = MessageRepository(collections, chats, clock, relay.notify)
     notes = NoteRepository(collections, clock, relay.notify)
     sweeper = WindowSweeper(chats, registry, clock, interval_seconds=settings.conversation_sweep_seconds, leases=leases)
     handlers = ConversationHandlers(chats, messages)
+    lag = LagMonitor(broker, settings)
     handlers.subscribe(
         Consumer(broker, settings, group_id=GROUP_ID), concurrency=settings.conversation_consumer_concurrency
     )
@@ -71,9 +73,11 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
         await broker.start()
         relay.start()
         sweeper.start()
+        lag.start()
         try:
             yield
         finally:
+            await lag.stop()
             await sweeper.stop()
             await relay.stop()
             await broker.stop()
@@ -104,6 +108,7 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     install_error_handlers(app)
     install_domain_errors(app)
     install_correlation(app)
+    install_http_metrics(app)
     app.include_router(router)
     app.include_router(notes_router)
     app.include_router(health_router(ready))

@@ -27,6 +27,21 @@ log = logging.getLogger(__name__)
 contacts_adapter: TypeAdapter[ContactChangedEvent] = TypeAdapter(ContactChangedEvent)
 
 
+async def apply_contact(repository: OutboundRepository, event: ContactChangedEvent) -> None:
+    """The contacts projection: the newest snapshot's blacklist state and ids (also `waflow-admin rebuild`)."""
+    if event.tenant_id is None:
+        return
+    c = event.payload
+    await repository.record_contact(
+        event.tenant_id,
+        c.wa_id,
+        c.version,
+        c.blacklisted or c.deleted,
+        contact_id=c.contact_id,
+        user_id=c.user_id,
+    )
+
+
 @dataclass
 class OutboundHandlers:
     repository: OutboundRepository
@@ -86,17 +101,7 @@ class OutboundHandlers:
             self.catalog.request_sync(event.tenant_id, event.payload.waba_id)
 
     async def on_contact(self, event: ContactChangedEvent) -> None:
-        if event.tenant_id is None:
-            return
-        c = event.payload
-        await self.repository.record_contact(
-            event.tenant_id,
-            c.wa_id,
-            c.version,
-            c.blacklisted or c.deleted,
-            contact_id=c.contact_id,
-            user_id=c.user_id,
-        )
+        await apply_contact(self.repository, event)
 
     async def on_conversation(self, event: ConversationEvent) -> None:
         """An agent read a chat: mark its last customer message read on WhatsApp, if the gate lets it.

@@ -17,6 +17,7 @@ from waflow_common.http import health_router, install_correlation, install_error
 from waflow_common.kafka import EventPublisher, kafka_reachable, make_broker
 from waflow_common.leases import LEASES_COLLECTION, Leases, instance_id
 from waflow_common.logs import configure_logging
+from waflow_common.metrics import LagMonitor, install_http_metrics
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
@@ -27,7 +28,7 @@ from waflow_outbound.api import OutboundContext, recipients, router
 from waflow_outbound.catalog import TemplateCatalog
 from waflow_outbound.handlers import OutboundHandlers
 from waflow_outbound.lanes import LaneSettings
-from waflow_outbound.repository import OutboundRepository
+from waflow_outbound.repository import DATABASE, OutboundRepository
 from waflow_outbound.repository.pacing import Buckets
 from waflow_outbound.sending import Dispatcher, SendingSettings
 from waflow_outbound.whatsapp import WhatsAppClient
@@ -66,7 +67,7 @@ def create_app(settings: OutboundSettings | None = None, *, clock: Clock = utcno
     broker = make_broker(settings, client_id="waflow-outbound")
     registry = TenantRegistry(settings, SecretBox(settings.waflow_secrets_key.get_secret_value()))
     mongo = make_mongo_client(settings)
-    database = service_database(mongo, settings, "waflow_outbound")
+    database = service_database(mongo, settings, DATABASE)
     owner = instance_id()
     repository = OutboundRepository(
         database,
@@ -112,6 +113,7 @@ def create_app(settings: OutboundSettings | None = None, *, clock: Clock = utcno
     )
     handlers = OutboundHandlers(repository, dispatcher, catalog, registry, clock)
     handlers.subscribe(broker, settings)
+    lag = LagMonitor(broker, settings)
 
     def tenant_changed(tenant: object) -> None:
         dispatcher.tenants_changed()
@@ -129,8 +131,10 @@ def create_app(settings: OutboundSettings | None = None, *, clock: Clock = utcno
             await broker.start()
             dispatcher.start()
             catalog.start()
+            lag.start()
             yield
         finally:
+            await lag.stop()
             await catalog.stop()
             await dispatcher.stop()
             await broker.stop()
@@ -155,6 +159,7 @@ def create_app(settings: OutboundSettings | None = None, *, clock: Clock = utcno
     app.state.dispatcher = dispatcher
     install_error_handlers(app)
     install_correlation(app)
+    install_http_metrics(app)
     app.include_router(router)
     app.include_router(recipients)
     app.include_router(health_router(ready))

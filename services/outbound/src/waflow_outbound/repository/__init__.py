@@ -31,6 +31,7 @@ Document = dict[str, Any]
 
 WINDOW_KEPT = WINDOW * 30
 
+DATABASE = "waflow_outbound"
 REQUESTS = "requests"  # one per send request or read receipt: its state, claim, attempts and outcome
 WINDOWS = "windows"  # one per (tenant, number, customer id): Meta's timestamp of the customer's last message
 CONTACTS = "contact_states"  # one per (tenant, contact): its newest version, blacklist flag and every id
