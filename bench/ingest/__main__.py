@@ -132,6 +132,9 @@ async def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
     ratio = closed["ingest"].requests_per_s / max(closed["bare FastAPI"].requests_per_s, 1e-9)
     print(f"  throughput ratio ingest / bare: {ratio:.2f}   (target >= 0.5)")
     figure(f"throughput ingest / bare FastAPI, concurrency {args.concurrency}", ratio, target=">= 0.5")
+    figure(
+        f"ingest webhooks/s, closed loop, concurrency {args.concurrency}", closed["ingest"].requests_per_s, unit="req/s"
+    )
     print(f"\nopen loop at {args.rate:.0f} webhooks/s, {args.duration:.0f} s each (latency from when each was due)")
     for name, result in opened.items():
         print("  " + result.summary(name))

@@ -324,6 +324,11 @@ async def run_load(
         f"p50 {statistics.median(all_latencies) if all_latencies else float('nan'):.2f}s, "
         f"p99 {percentile(all_latencies, 0.99):.2f}s request-to-accept; duplicates sent: {total_dups}"
     )
+    accepted_times = [s.received_at for s in sent if s.wamid is not None]
+    if len(accepted_times) > 1 and max(accepted_times) > min(accepted_times):
+        all_span = max(accepted_times) - min(accepted_times)
+        # What the instances sent in all, every number at its rate: bench.capacity's per-instance figure.
+        figure(f"sends/s, all numbers, {instances} instance(s)", (len(accepted_times) - 1) / all_span, unit="msg/s")
     figure(f"duplicate sends, {len(commands)} requests, {instances} instance(s)", total_dups, target="0")
     figure(f"numbers whose busiest second exceeded their rate, {instances} instance(s)", over_rate, target="0")
     figure(f"request-to-accept p99, {instances} instance(s)", percentile(all_latencies, 0.99), unit="s")
