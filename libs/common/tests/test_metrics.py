@@ -6,7 +6,8 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
-from waflow_common.metrics import BoundedLabel, install_http_metrics, published, published_headers
+from waflow_common.http import install_correlation
+from waflow_common.metrics import BoundedLabel, published, published_headers
 
 
 def sample(name: str, **labels: str) -> float:
@@ -39,7 +40,7 @@ async def test_rest_calls_are_counted_by_route_template_and_status() -> None:
     async def thing(thing_id: str) -> dict[str, str]:
         return {"thing_id": thing_id}
 
-    install_http_metrics(app)
+    install_correlation(app)
     route = "/v1/metric-things/{thing_id}"
     ok = sample("waflow_http_requests_total", method="GET", route=route, status="200")
     missing = sample("waflow_http_requests_total", method="GET", route="unmatched", status="404")

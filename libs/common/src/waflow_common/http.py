@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from waflow_common.events import asyncapi
 from waflow_common.logs import log_context
+from waflow_common.metrics import observe_http
 from waflow_common.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,8 @@ class CorrelationMiddleware:
             try:
                 await self.app(scope, receive, send_with_header)
             finally:
+                elapsed = time.perf_counter() - started
+                observe_http(scope, status, elapsed)
                 tenant_id = scope["state"].get("tenant_id")
                 access_log.log(
                     logging.DEBUG if scope.get("path") in _PROBES else logging.INFO,
@@ -291,7 +294,7 @@ class CorrelationMiddleware:
                         "method": scope.get("method"),
                         "path": scope.get("path"),
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(elapsed * 1000, 2),
                     }
                     | ({"tenant_id": tenant_id} if isinstance(tenant_id, str) else {}),
                 )

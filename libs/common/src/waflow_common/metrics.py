@@ -11,7 +11,7 @@ type in a header) go through `BoundedLabel`, which keeps the first ones seen and
   the two producers every record goes through (`kafka.EventPublisher`, also the outbox relay's, and
   `producer.RecordProducer`); a record for a `.dlq` topic is a dead letter, not an event;
 - `waflow_consumer_lag`: records each of this process's assigned partitions has yet to commit (`LagMonitor`);
-- `waflow_http_requests_total` / `waflow_http_request_seconds`: every REST call (`install_http_metrics`).
+- `waflow_http_requests_total` / `waflow_http_request_seconds`: every REST call (`http.CorrelationMiddleware`).
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from waflow_common.settings import CommonSettings
 from waflow_common.topics import DLQ_SUFFIX
@@ -294,34 +292,10 @@ class LagMonitor:
 # --- HTTP -----------------------------------------------------------------------------------------------------
 
 
-class HttpMetricsMiddleware:
-    """Counts and times every REST call by method, route template (`/v1/chats/{chat_id}`, never the path itself,
-    which holds ids) and status. A plain ASGI middleware, as `http.CorrelationMiddleware`, for the same reason."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500  # a request that ends without a response start ended in an error
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = _methods(str(scope.get("method", "")))
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_SECONDS.labels(method, route).observe(time.perf_counter() - started)
-
-
-def install_http_metrics(app: FastAPI) -> None:
-    app.add_middleware(HttpMetricsMiddleware)
+def observe_http(scope: Scope, status: int, seconds: float) -> None:
+    """Counts and times one REST call by method, route template (`/v1/chats/{chat_id}`, never the path itself,
+    which holds ids) and status; called by `http.CorrelationMiddleware`, which already times every call."""
+    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    method = _methods(str(scope.get("method", "")))
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_SECONDS.labels(method, route).observe(seconds)

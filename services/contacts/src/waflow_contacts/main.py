@@ -18,7 +18,7 @@ from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
 from waflow_common.logs import configure_logging
-from waflow_common.metrics import LagMonitor, install_http_metrics
+from waflow_common.metrics import LagMonitor
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
 from waflow_common.runtime import tune_garbage_collector
@@ -128,7 +128,6 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
     install_error_handlers(app)
     install_rule_errors(app)
     install_correlation(app)
-    install_http_metrics(app)
     app.include_router(router)
     app.include_router(lists_router)
     app.include_router(health_router(ready))

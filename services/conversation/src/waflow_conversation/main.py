@@ -14,7 +14,7 @@ from waflow_common.http import health_router, install_correlation, install_error
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
 from waflow_common.leases import Leases
 from waflow_common.logs import configure_logging
-from waflow_common.metrics import LagMonitor, install_http_metrics
+from waflow_common.metrics import LagMonitor
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
 from waflow_common.runtime import tune_garbage_collector
@@ -108,7 +108,6 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
     install_error_handlers(app)
     install_domain_errors(app)
     install_correlation(app)
-    install_http_metrics(app)
     app.include_router(router)
     app.include_router(notes_router)
     app.include_router(health_router(ready))

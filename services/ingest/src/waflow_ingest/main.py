@@ -11,7 +11,6 @@ from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import kafka_reachable
 from waflow_common.logs import configure_logging
-from waflow_common.metrics import install_http_metrics
 from waflow_common.producer import RecordProducer
 from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
@@ -63,7 +62,6 @@ def create_app(settings: IngestSettings | None = None, *, clock: Clock = utcnow)
     app.state.ingest = ctx
     install_error_handlers(app)
     install_correlation(app)
-    install_http_metrics(app)
     app.include_router(router)
     app.include_router(health_router(ready))
     document_webhook(app)

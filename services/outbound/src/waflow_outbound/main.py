@@ -17,7 +17,7 @@ from waflow_common.http import health_router, install_correlation, install_error
 from waflow_common.kafka import EventPublisher, kafka_reachable, make_broker
 from waflow_common.leases import LEASES_COLLECTION, Leases, instance_id
 from waflow_common.logs import configure_logging
-from waflow_common.metrics import LagMonitor, install_http_metrics
+from waflow_common.metrics import LagMonitor
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.runtime import tune_garbage_collector
 from waflow_common.secrets import SecretBox
@@ -159,7 +159,6 @@ def create_app(settings: OutboundSettings | None = None, *, clock: Clock = utcno
     app.state.dispatcher = dispatcher
     install_error_handlers(app)
     install_correlation(app)
-    install_http_metrics(app)
     app.include_router(router)
     app.include_router(recipients)
     app.include_router(health_router(ready))
