@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from faststream.kafka import KafkaBroker
 from pydantic import Field
@@ -17,11 +16,10 @@ from pymongo import AsyncMongoClient
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
-from waflow_common.logs import configure_logging
 from waflow_common.metrics import LagMonitor
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
-from waflow_common.runtime import tune_garbage_collector
+from waflow_common.runtime import serve_api
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -136,12 +134,9 @@ def create_app(settings: ContactsSettings | None = None, *, clock: Clock = utcno
 
 def run() -> None:
     settings = ContactsSettings()
-    configure_logging(settings.log_level)
-    tune_garbage_collector()
-    uvicorn.run(
-        create_app(settings),
+    serve_api(
+        lambda: create_app(settings),
         host=settings.contacts_host,
         port=settings.contacts_port,
-        log_config=None,
-        access_log=False,
+        log_level=settings.log_level,
     )

@@ -6,18 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import Field
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import Consumer, EventPublisher, kafka_reachable, make_broker
 from waflow_common.leases import Leases
-from waflow_common.logs import configure_logging
 from waflow_common.metrics import LagMonitor
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
 from waflow_common.outbox import OutboxRelay
-from waflow_common.runtime import tune_garbage_collector
+from waflow_common.runtime import serve_api
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -116,12 +114,9 @@ def create_app(settings: ConversationSettings | None = None, *, clock: Clock = u
 
 def run() -> None:
     settings = ConversationSettings()
-    configure_logging(settings.log_level)
-    tune_garbage_collector()
-    uvicorn.run(
-        create_app(settings),
+    serve_api(
+        lambda: create_app(settings),
         host=settings.conversation_host,
         port=settings.conversation_port,
-        log_config=None,
-        access_log=False,
+        log_level=settings.log_level,
     )

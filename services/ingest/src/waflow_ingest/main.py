@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI, Request
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import kafka_reachable
-from waflow_common.logs import configure_logging
 from waflow_common.producer import RecordProducer
-from waflow_common.runtime import tune_garbage_collector
+from waflow_common.runtime import serve_api
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -70,6 +68,10 @@ def create_app(settings: IngestSettings | None = None, *, clock: Clock = utcnow)
 
 def run() -> None:
     settings = IngestSettings()
-    configure_logging(settings.log_level)
-    tune_garbage_collector()
-    uvicorn.run(create_app(settings), host=settings.ingest_host, port=settings.ingest_port, log_config=None)
+    serve_api(
+        lambda: create_app(settings),
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log_level=settings.log_level,
+        uvicorn_access_log=True,
+    )

@@ -9,17 +9,15 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import Field
 from waflow_common.events.envelope import Clock, utcnow
 from waflow_common.http import health_router, install_correlation, install_error_handlers
 from waflow_common.kafka import EventPublisher, kafka_reachable, make_broker
 from waflow_common.leases import LEASES_COLLECTION, Leases, instance_id
-from waflow_common.logs import configure_logging
 from waflow_common.metrics import LagMonitor
 from waflow_common.mongo import make_mongo_client, mongo_reachable, service_database
-from waflow_common.runtime import tune_garbage_collector
+from waflow_common.runtime import serve_api
 from waflow_common.secrets import SecretBox
 from waflow_common.settings import CommonSettings
 from waflow_common.tenants import TenantRegistry
@@ -167,16 +165,14 @@ def create_app(settings: OutboundSettings | None = None, *, clock: Clock = utcno
 
 def run() -> None:
     settings = OutboundSettings()
-    configure_logging(settings.log_level)
-    # Young collections every 5,000 objects, not ingest's 50,000: those took 25 ms here, and a call held up as
-    # long lands outside the 40 ms the number's pace leaves for jitter (bench/outbound: 130429s after each).
-    tune_garbage_collector(young_objects=5_000)
-    uvicorn.run(
-        create_app(settings),
+    serve_api(
+        lambda: create_app(settings),
         host=settings.outbound_host,
         port=settings.outbound_port,
-        log_config=None,
-        access_log=False,
+        log_level=settings.log_level,
+        # Young collections every 5,000 objects, not ingest's 50,000: those took 25 ms here, and a call held up
+        # as long lands outside the 40 ms the number's pace leaves for jitter (bench/outbound: 130429s after each).
+        young_objects=5_000,
     )
 
 
