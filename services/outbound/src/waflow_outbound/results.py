@@ -51,6 +51,11 @@ def code_label(code: int | None) -> str:
 Result = SendAcceptedEvent | SendRejectedEvent
 
 
+def _request_of(job: Job) -> dict[str, Any]:
+    """What every result says of its request."""
+    return {"request_id": job.key, "phone_number_id": job.phone_number_id, "wa_id": job.wa_id, "user_id": job.user_id}
+
+
 def result_event_id(tenant_id: str, request_id: str) -> UUID:
     return derived_event_id(tenant_id, request_id, "outbound.result")
 
@@ -116,32 +121,11 @@ class Results:
         task.add_done_callback(self._publishing.discard)
 
     async def accept(self, job: Job, wamid: str, message_status: str | None) -> None:
-        await self.finish(
-            job,
-            SendAccepted(
-                request_id=job.key,
-                phone_number_id=job.phone_number_id,
-                wa_id=job.wa_id,
-                user_id=job.user_id,
-                wamid=wamid,
-                message_status=message_status,
-            ),
-        )
+        await self.finish(job, SendAccepted(**_request_of(job), wamid=wamid, message_status=message_status))
 
     async def reject(self, job: Job, reason: RejectReason, message: str, meta: MetaFailure | None = None) -> None:
         ref = MetaErrorRef(code=meta.code, title=meta.title, details=meta.details) if meta and meta.code else None
-        await self.finish(
-            job,
-            SendRejected(
-                request_id=job.key,
-                phone_number_id=job.phone_number_id,
-                wa_id=job.wa_id,
-                user_id=job.user_id,
-                reason=reason,
-                message=message,
-                meta_error=ref,
-            ),
-        )
+        await self.finish(job, SendRejected(**_request_of(job), reason=reason, message=message, meta_error=ref))
 
     async def publish(self, document_id: str, event: Document | Result) -> None:
         """Publishes a stored result until Kafka takes it, then has it marked published."""
