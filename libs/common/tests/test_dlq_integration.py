@@ -59,6 +59,8 @@ async def test_a_fixed_record_redriven_is_applied_once_and_a_purge_empties_the_d
         assert [(d["to"], d["redriven"]) for d in done] == [(settings.topic(topics.CONVERSATION), True)]
         await eventually(lambda: applied["fragile"] == 1, what="the redriven record applied")
         assert await dlq.redrive(settings, topics.CONVERSATION) == []  # redriven once: nothing left to redrive
+        held = {s["topic"]: s for s in await dlq.summary(settings)}[topics.dlq(topics.CONVERSATION)]
+        assert (held["letters"], held["not_redriven"]) == (1, 0)
         await asyncio.sleep(1)
         assert applied == Counter({"fine": 1, "fragile": 1})
     finally:

@@ -83,6 +83,18 @@ async def _read(
         raise
 
 
+async def _redriven_to(settings: CommonSettings, dlq: str) -> dict[int, int]:
+    """Per partition of `dlq`, the offset up to which letters were redriven (the redrive group's commits)."""
+    name = settings.topic(dlq)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group(REDRIVE_GROUP))
+    finally:
+        await admin.close()
+    return {tp.partition: at.offset for tp, at in committed.items() if tp.topic == name and at.offset >= 0}
+
+
 def _letter(value: bytes | None) -> DeadLetter | None:
     try:
         return DeadLetter.model_validate_json(value or b"")
@@ -99,8 +111,8 @@ async def summary(settings: CommonSettings) -> list[dict[str, Any]]:
         except DlqError:
             continue  # a topic this deployment has not created
         await consumer.stop()
-        pending, consumer, _ = await _read(settings, dlq, group=REDRIVE_GROUP)
-        await consumer.stop()
+        redriven = await _redriven_to(settings, dlq)
+        pending = [x for x in held if x.offset >= redriven.get(x.partition, 0)]
         out.append(
             {
                 "topic": dlq,
