@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 # bench/ is a folder of scripts beside the packages (run as `python -m bench...` from the repository's root).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,10 +47,13 @@ def test_a_bench_run_replaces_the_measured_figures_it_has() -> None:
         MARKER + '{"name": "' + ingest["figure"] + ', concurrency 64", "result": "'
         f"{ingest['value'] * 2:,.1f}" + ' req/s", "target": ""}',
         MARKER + '{"name": "an unrelated figure", "result": "7 ms", "target": ""}',
+        # a row of `make bench`'s table
+        "contacts: " + inputs["measured"]["contacts_events_per_s"]["figure"] + ", 5000 events |  | 1,234.5 | 2 cores",
     ]
     updated, replaced = with_figures(inputs, bench_output)
-    assert replaced == ["ingest_webhooks_per_s"]
-    assert updated["measured"]["ingest_webhooks_per_s"]["value"] == ingest["value"] * 2
+    assert replaced == ["ingest_webhooks_per_s", "contacts_events_per_s"]
+    assert updated["measured"]["contacts_events_per_s"]["value"] == 1234.5
+    assert updated["measured"]["ingest_webhooks_per_s"]["value"] == pytest.approx(ingest["value"] * 2, abs=0.1)
     after = model(updated)
     assert instances(after, "ingest") < instances(before, "ingest")
     assert instances(after, "conversation") == instances(before, "conversation")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,23 @@ def load_inputs(path: Path = INPUTS) -> Inputs:
     return inputs
 
 
+def _figures(lines: list[str]) -> Iterator[dict[str, str]]:
+    """Each figure in a benchmark's output (its BENCH-FIGURE lines) or in `make bench`'s closing table, whose
+    rows read `<benchmark>: <figure> | <target> | <result> | <machine>`."""
+    for line in lines:
+        found = parse(line)
+        if found is not None:
+            yield found
+            continue
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) == 4 and ": " in cells[0] and cells[2]:
+            yield {"name": cells[0].split(": ", 1)[1], "result": cells[2]}
+
+
 def with_figures(inputs: Inputs, lines: list[str]) -> tuple[Inputs, list[str]]:
     """The inputs with each measured value replaced by the bench figure it names, where the lines have it (the
     first figure whose name starts with that text); and the names of those replaced."""
-    figures = [f for f in (parse(line) for line in lines) if f is not None]
+    figures = list(_figures(lines))
     out = json.loads(json.dumps(inputs))
     replaced = []
     for key, measured in out["measured"].items():
@@ -45,7 +59,7 @@ def with_figures(inputs: Inputs, lines: list[str]) -> tuple[Inputs, list[str]]:
                 number = re.match(r"[\d,]+(\.\d+)?", found["result"])
                 if number:
                     measured["value"] = float(number.group(0).replace(",", ""))
-                    measured["measured"] = f"bench figure '{found['name']}'"
+                    measured["measured"] = f"bench figure '{found['name']}', {date.today().isoformat()}"
                     replaced.append(key)
                 break
     return out, replaced
