@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from pydantic import TypeAdapter, ValidationError
 from rich.progress import Progress
 
 from waflow_common.events.reading import UnknownEvent, read_event
 from waflow_common.settings import CommonSettings
-from waflow_common.topic_reading import assign_all, records_to
+from waflow_common.topic_reading import NoSuchTopic, records_to, whole_topic
 
 ENTRY_POINTS = "waflow.projections"
 
@@ -90,24 +89,20 @@ async def _rebuild_one(
 ) -> Rebuilt:
     name = settings.topic(projection.topic)
     done = Rebuilt(projection.name, name)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
-    await consumer.start()
     try:
-        ends = await assign_all(consumer, name)
-        if not ends:
-            raise RebuildError(f"topic {name} does not exist")
-        starts = await consumer.beginning_offsets(list(ends))
-        total = sum(ends[tp] - starts[tp] for tp in ends)
-        task = progress.add_task(f"{projection.name} from {name}", total=total) if progress is not None else None
-        for tp in ends:
-            consumer.seek(tp, starts[tp])
-            async for record in records_to(consumer, tp, ends[tp]):
-                done.read += 1
-                await _apply(projection, record.value, done, dry_run=dry_run)
-                if progress is not None and task is not None:
-                    progress.advance(task)
-    finally:
-        await consumer.stop()
+        async with whole_topic(settings.kafka_bootstrap_servers, name) as (consumer, ends):
+            starts = await consumer.beginning_offsets(list(ends))
+            total = sum(ends[tp] - starts[tp] for tp in ends)
+            task = progress.add_task(f"{projection.name} from {name}", total=total) if progress is not None else None
+            for tp in ends:
+                consumer.seek(tp, starts[tp])
+                async for record in records_to(consumer, tp, ends[tp]):
+                    done.read += 1
+                    await _apply(projection, record.value, done, dry_run=dry_run)
+                    if progress is not None and task is not None:
+                        progress.advance(task)
+    except NoSuchTopic as exc:
+        raise RebuildError(str(exc)) from exc
     return done
 
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 from rich.progress import Progress
 
 from waflow_common import topics
 from waflow_common.events.webhooks import WebhookReceivedEvent
 from waflow_common.settings import CommonSettings
-from waflow_common.topic_reading import assign_all, records_to
+from waflow_common.topic_reading import NoSuchTopic, records_to, whole_topic
 
 
 class ReplayError(RuntimeError):
@@ -42,31 +41,27 @@ async def archived(
 ) -> AsyncIterator[tuple[WebhookReceivedEvent | None, bool]]:
     """Every archived delivery from `since` on (by the records' time), up to the archive's end when it began:
     (the event, whether it is the tenant's and received in the range); None for a record that is not one."""
-    name = settings.topic(topics.WEBHOOKS)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
-    await consumer.start()
     try:
-        ends = await assign_all(consumer, name)
-        if not ends:
-            raise ReplayError(f"topic {name} does not exist")
-        partitions = list(ends)
-        starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
-        todo = {tp: (starts[tp].offset if starts[tp] is not None else ends[tp]) for tp in partitions}
-        total = sum(ends[tp] - todo[tp] for tp in partitions)
-        task = progress.add_task("archived deliveries", total=total) if progress is not None else None
-        for tp in partitions:
-            consumer.seek(tp, todo[tp])
-            async for record in records_to(consumer, tp, ends[tp]):
-                if progress is not None and task is not None:
-                    progress.advance(task)
-                try:
-                    event = WebhookReceivedEvent.model_validate_json(record.value or b"")
-                except ValidationError:
-                    yield None, False
-                    continue
-                yield event, tenant_id in event.payload.tenant_ids and since <= event.payload.received_at < until
-    finally:
-        await consumer.stop()
+        async with whole_topic(settings.kafka_bootstrap_servers, settings.topic(topics.WEBHOOKS)) as (consumer, ends):
+            partitions = list(ends)
+            starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
+            todo = {tp: (starts[tp].offset if starts[tp] is not None else ends[tp]) for tp in partitions}
+            total = sum(ends[tp] - todo[tp] for tp in partitions)
+            task = progress.add_task("archived deliveries", total=total) if progress is not None else None
+            for tp in partitions:
+                consumer.seek(tp, todo[tp])
+                async for record in records_to(consumer, tp, ends[tp]):
+                    if progress is not None and task is not None:
+                        progress.advance(task)
+                    try:
+                        event = WebhookReceivedEvent.model_validate_json(record.value or b"")
+                    except ValidationError:
+                        yield None, False
+                        continue
+                    received = event.payload.received_at
+                    yield event, tenant_id in event.payload.tenant_ids and since <= received < until
+    except NoSuchTopic as exc:
+        raise ReplayError(str(exc)) from exc
 
 
 async def replay(

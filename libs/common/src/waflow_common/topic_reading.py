@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -30,6 +31,27 @@ async def assign_all(consumer: AIOKafkaConsumer, name: str) -> dict[TopicPartiti
 
 class ReadStalled(RuntimeError):
     """A partition gave no record for too long while records were still due."""
+
+
+class NoSuchTopic(LookupError):
+    pass
+
+
+@asynccontextmanager
+async def whole_topic(
+    bootstrap_servers: str, name: str
+) -> AsyncIterator[tuple[AIOKafkaConsumer, dict[TopicPartition, int]]]:
+    """A started consumer of no group with every partition of topic `name` assigned, and each partition's end
+    offset at this moment (`NoSuchTopic` when there is no such topic); stopped on leaving."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        ends = await assign_all(consumer, name)
+        if not ends:
+            raise NoSuchTopic(f"topic {name} does not exist")
+        yield consumer, ends
+    finally:
+        await consumer.stop()
 
 
 async def records_to(
