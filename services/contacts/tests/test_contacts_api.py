@@ -161,9 +161,9 @@ async def test_a_poison_record_is_dead_lettered_and_the_consumer_goes_on(
             await producer.send_and_wait(topics_ready.topic(topics.INBOUND), poison.encode(), key=b"poison")
         finally:
             await producer.stop()
-        letters = await dlq.read(1, where=lambda v: v.get("value") == poison)
+        # Other services' consumers of wa.inbound.v1 running in the same session dead-letter it too: contacts' own.
+        letters = await dlq.read(1, where=lambda v: v.get("value") == poison and v.get("consumer") == "contacts")
     assert len(letters) == 1
-    assert letters[0]["consumer"] == "contacts"
     assert "invalid event" in letters[0]["error"]
     wa_id = unique_wa_id()
     await publish(message(tenants[0], wa_id, T0))
