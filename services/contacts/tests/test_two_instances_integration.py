@@ -75,7 +75,9 @@ async def run_workers(settings_env: dict[str, str], work: dict[str, Any]) -> Non
         for worker in workers:
             assert worker.stdout is not None
             assert (await asyncio.wait_for(worker.stdout.readline(), 120)).strip() == b"done"
-            assert await asyncio.wait_for(worker.wait(), 30) == 0
+            # Stopping flushes the worker's producer, which waits for a record in flight up to its request timeout
+            # (aiokafka: 40 s) while a busy broker moves partition leaders.
+            assert await asyncio.wait_for(worker.wait(), 90) == 0
     finally:
         for worker in workers:
             if worker.returncode is None:
