@@ -224,13 +224,16 @@ class LagMonitor:
                     yield group, consumer
 
     async def refresh(self) -> dict[Partition, int]:
-        lags: dict[Partition, int] = {}
+        # A concurrent subscriber has several consumers in one group: one measurement per group, not per consumer.
+        by_group: dict[str, tuple[AIOKafkaConsumer, list[TopicPartition]]] = {}
         for group, consumer in list(self.consumers()):
             assigned = sorted(consumer.assignment())
-            if not assigned:
-                continue
+            if assigned:
+                by_group.setdefault(group, (consumer, []))[1].extend(assigned)
+        lags: dict[Partition, int] = {}
+        for group, (consumer, partitions) in by_group.items():
             try:
-                measured = await asyncio.wait_for(self._measure(group, consumer, assigned), self._timeout)
+                measured = await asyncio.wait_for(self._measure(group, consumer, partitions), self._timeout)
             except Exception as exc:  # Kafka unreachable, a rebalance under way: try again at the next refresh
                 log.debug("consumer lag not measured", extra={"group": group, "error": repr(exc)})
                 continue
@@ -243,6 +246,8 @@ class LagMonitor:
     async def _measure(
         self, group: str, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
     ) -> dict[TopicPartition, int]:
+        """The lag of the group's `partitions` (any of this process's consumers can ask for any partition's
+        offsets): one request for the end offsets, one for the group's commits."""
         ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
         committed = await (await self._admin_client()).list_consumer_group_offsets(group, partitions=partitions)
         done = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
