@@ -73,6 +73,7 @@ READERS: dict[str, tuple[Reader, ...]] = {
     topics.CONTACTS: (
         Reader("conversation", "conversation", "names and the blacklist on chats"),
         Reader("outbound", "waflow-outbound-contacts", "the blacklist: a deleted contact is never messaged"),
+        Reader("waflow-admin", None, "`waflow-admin rebuild` applies it to those services' projections again"),
     ),
     topics.OUTBOUND_COMMANDS: (Reader("outbound", "waflow-outbound-commands", "sends each request once"),),
     topics.OUTBOUND_RESULTS: (Reader("conversation", "conversation", "what became of each message sent"),),
